@@ -1,0 +1,51 @@
+# Two entry points: `make run` (gateway on embedded defaults) and `make test`
+# (every linter and test). Both set up everything they need from scratch.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
+export PYO3_PYTHON := $(abspath $(PY))
+CONFIG  ?=
+
+.PHONY: run test setup build lint rust-test pytest system-deps bench clean
+
+run: build
+	$(BIN)/gateway run $(if $(CONFIG),--config $(CONFIG))
+
+test: system-deps build lint rust-test pytest
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 'maturin>=1.8,<2'
+
+setup: $(PY)
+
+# Builds the Rust extension into gateway/_core*.so and installs the package
+# (editable) with its dev extras. Cargo makes repeat builds incremental.
+build: setup
+	$(BIN)/maturin develop --release --quiet --extras dev
+
+# Debian packages the tests use: nsd (real DNS server for test zones) and
+# postfix (smtp-source/smtp-sink for the benchmark).
+system-deps:
+	@command -v nsd >/dev/null && command -v smtp-source >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd postfix >/dev/null)
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest gateway._core --allowlist tests/stubtest-allowlist.txt
+
+rust-test:
+	cargo test --workspace
+
+pytest: build
+	$(BIN)/pytest -q
+
+bench: build system-deps
+	$(BIN)/python benchmarks/relay_throughput.py
+
+clean:
+	rm -rf $(VENV) target gateway/_core*.so

@@ -1,0 +1,74 @@
+"""The running gateway: spool recovery, ingress listeners, delivery, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from gateway import __version__
+from gateway.config import Config
+from gateway.delivery.engine import DeliveryEngine
+from gateway.delivery.resolver import MxResolver
+from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
+from gateway.log import event
+from gateway.spool import Spool
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.spool = Spool(config.spool_dir)
+        self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns))
+        self.handler = IngressHandler(config, self.spool, self.engine.submit)
+        self._servers: list[asyncio.Server] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        recovered = 0
+        for message in self.spool.recover():
+            if message.done:
+                await self.spool.remove(message.qid)
+                continue
+            self.engine.submit(message)
+            recovered += 1
+        loop = asyncio.get_running_loop()
+        factory = make_server_factory(self.handler, self.config)
+        for host, port in self.config.smtp.listen_addresses():
+            server = await loop.create_server(factory, host, port, reuse_address=True)
+            self._servers.append(server)
+            event("listening", address=f"{host}:{port}")
+        event(
+            "started",
+            version=__version__,
+            hostname=self.config.node.hostname,
+            spool=str(self.spool.root),
+            recovered=recovered,
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        delivery = asyncio.create_task(self.engine.run(), name="delivery")
+        await self._stop.wait()
+        event("stopping", queued=self.engine.queued_messages)
+        for server in self._servers:
+            server.close()  # stop accepting; open sessions continue
+        await drain_sessions(self.handler, SHUTDOWN_GRACE_SECONDS)
+        await self.engine.stop(SHUTDOWN_GRACE_SECONDS)
+        delivery.cancel()
+        await asyncio.gather(delivery, return_exceptions=True)
+        self.spool.close()
+        event("stopped", logging.INFO, queued=self.engine.queued_messages)
+
+
+def run(config: Config) -> None:
+    asyncio.run(Gateway(config).serve())

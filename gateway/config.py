@@ -1,0 +1,198 @@
+"""Typed configuration: one TOML file, validated at start, errors that name the key.
+
+Every key and its default is documented in docs/configuration.md; keep the two in step.
+No file means the embedded defaults, which run a safe single node on loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as "30s", "5m", "2h", "5d"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '5d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '5m', '2h', '5d')")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """'127.0.0.1:2525', '[::1]:2525' or a bare host."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    if not host:
+        raise ValueError(f"no host in {value!r}")
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, number
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Section):
+    hostname: str = Field(default_factory=socket.getfqdn)
+    data_dir: Path = Path("data")
+
+
+class SmtpConfig(_Section):
+    listen: list[str] = ["127.0.0.1:2525"]
+    max_message_size: int = Field(default=36_700_160, ge=1024)
+    max_recipients: int = Field(default=1000, ge=1)
+    relay_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    timeout: Duration = 300.0
+    banner: str = "Deliverability Gateway ESMTP"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one listen address is needed")
+        for item in value:
+            parse_hostport(item, 2525)
+        return value
+
+    @field_validator("relay_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                net = ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network: {exc}") from None
+            if net.prefixlen == 0:
+                raise ValueError(f"{item!r} would make the gateway an open relay")
+        return value
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(item, 2525) for item in self.listen]
+
+
+class DeliveryTimeouts(_Section):
+    """RFC 5321 §4.5.3.2 minimums, plus connect."""
+
+    connect: Duration = 30.0
+    greeting: Duration = 300.0
+    ehlo: Duration = 300.0
+    starttls: Duration = 60.0
+    mail: Duration = 300.0
+    rcpt: Duration = 300.0
+    data_init: Duration = 120.0
+    data_block: Duration = 180.0
+    data_done: Duration = 600.0
+
+
+class DeliveryConfig(_Section):
+    port: int = Field(default=25, ge=1, le=65535)
+    helo_name: str = ""
+    max_connections: int = Field(default=200, ge=1)
+    max_connections_per_destination: int = Field(default=10, ge=1)
+    max_messages_per_connection: int = Field(default=100, ge=1)
+    starttls: Literal["opportunistic", "disabled"] = "opportunistic"
+    timeouts: DeliveryTimeouts = DeliveryTimeouts()
+
+
+class DnsConfig(_Section):
+    nameservers: list[str] = []
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: Duration = 10.0
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_address(item)
+        return value
+
+
+class RetryConfig(_Section):
+    first_interval: Duration = 300.0
+    multiplier: float = Field(default=2.0, ge=1.0)
+    max_interval: Duration = 7200.0
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    max_age: Duration = 5 * 86400.0
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Section):
+    node: NodeConfig = NodeConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    dns: DnsConfig = DnsConfig()
+    retry: RetryConfig = RetryConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def helo_name(self) -> str:
+        return self.delivery.helo_name or self.node.hostname
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.node.data_dir / "spool"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the dotted key and the reason."""
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None) -> Config:
+    """The embedded defaults, or the file at `path` validated over them."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}:\n{_describe(exc)}") from None

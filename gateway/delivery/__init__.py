@@ -1,0 +1,1 @@
+"""Delivery: MX resolution, the outbound SMTP client, the engine and DSNs."""

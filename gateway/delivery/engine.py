@@ -1,0 +1,325 @@
+"""The delivery engine: turns spooled messages into SMTP transactions.
+
+Each message is split into jobs per destination domain. Jobs wait in the
+scheduler until due, then in a ready queue per domain; a session task per
+connection (up to the per-destination and global limits) resolves the MX,
+connects, and delivers ready jobs one after another over that connection.
+Every outcome is journalled in the spool before the message is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.config import Config
+from gateway.delivery.dsn import Failure, build_dsn
+from gateway.delivery.resolver import DnsError, MxHost, MxResolver
+from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
+from gateway.log import event
+from gateway.scheduler import Job, RetryScheduler
+from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
+
+Kind = Literal["delivered", "bounced", "deferred"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    kind: Kind
+    status: str  # enhanced status code
+    reply: str
+    remote: str = ""
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcome]:
+    """Per-recipient outcome from the RCPT replies and the final DATA reply."""
+    outcomes = []
+    for index, reply in zip(indices, result.rcpts, strict=True):
+        final = reply if not reply.ok or result.data is None else result.data
+        if final.ok:
+            kind: Kind = "delivered"
+        elif final.permanent:
+            kind = "bounced"
+        else:
+            kind = "deferred"
+        default = {"delivered": "2.0.0", "bounced": "5.0.0", "deferred": "4.0.0"}[kind]
+        outcomes.append(Outcome(index, kind, final.enhanced or default, str(final), remote))
+    return outcomes
+
+
+class DeliveryEngine:
+    def __init__(self, config: Config, spool: Spool, resolver: MxResolver) -> None:
+        self._config = config
+        self._spool = spool
+        self._resolver = resolver
+        self._scheduler = RetryScheduler(config.retry)
+        self._messages: dict[str, SpooledMessage] = {}
+        self._ready: dict[str, deque[Job]] = defaultdict(deque)
+        self._active: dict[str, int] = defaultdict(int)
+        self._total_active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    # -- intake --------------------------------------------------------------
+
+    def submit(self, message: SpooledMessage) -> None:
+        """Schedule every pending recipient of a spooled message, grouped by domain."""
+        self._messages[message.qid] = message
+        groups: dict[tuple[str, float], list[int]] = defaultdict(list)
+        for index, rcpt in enumerate(message.recipients):
+            if rcpt.status == "pending":
+                groups[(domain_of(rcpt.address), rcpt.next_attempt)].append(index)
+        for (domain, at), indices in groups.items():
+            self._scheduler.add(Job(message.qid, domain, indices), at)
+        self._wake.set()
+
+    @property
+    def queued_messages(self) -> int:
+        return len(self._messages)
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping:
+            for job in self._scheduler.pop_due(time.time()):
+                self._ready[job.domain].append(job)
+            self._dispatch()
+            due = self._scheduler.next_due()
+            timeout = None if due is None else max(0.0, due - time.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _dispatch(self) -> None:
+        limits = self._config.delivery
+        for domain in list(self._ready):
+            queue = self._ready[domain]
+            if not queue:
+                if not self._active[domain]:
+                    del self._ready[domain]
+                continue
+            wanted = min(len(queue), limits.max_connections_per_destination)
+            while self._active[domain] < wanted and self._total_active < limits.max_connections:
+                self._active[domain] += 1
+                self._total_active += 1
+                task = asyncio.create_task(self._session(domain), name=f"deliver:{domain}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, grace: float) -> None:
+        """Start no new sessions; give running ones `grace` seconds, then cancel."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    # -- one connection --------------------------------------------------------
+
+    async def _session(self, domain: str) -> None:
+        try:
+            await self._session_inner(domain)
+        except Exception:
+            event("delivery_session_error", logging.ERROR, exc=True, domain=domain)
+        finally:
+            self._active[domain] -= 1
+            self._total_active -= 1
+            self._wake.set()
+
+    def _take_all(self, domain: str) -> list[Job]:
+        queue = self._ready.get(domain)
+        jobs = list(queue) if queue else []
+        if queue:
+            queue.clear()
+        return jobs
+
+    async def _session_inner(self, domain: str) -> None:
+        try:
+            hosts = await self._resolver.resolve(domain)
+        except DnsError as exc:
+            kind: Kind = "bounced" if exc.permanent else "deferred"
+            for job in self._take_all(domain):
+                await self._fail_job(job, kind, exc.status, str(exc), "")
+            return
+        conn, host, error = await self._connect(hosts)
+        if conn is None or host is None:
+            for job in self._take_all(domain):
+                await self._fail_job(job, "deferred", "4.4.1", error, "")
+            return
+        sent = 0
+        queue = self._ready[domain]
+        try:
+            while queue and not conn.broken and not self._stopping:
+                if sent >= self._config.delivery.max_messages_per_connection:
+                    break
+                await self._deliver(conn, host, queue.popleft())
+                sent += 1
+        finally:
+            await conn.quit()
+
+    async def _connect(
+        self, hosts: list[MxHost]
+    ) -> tuple[SmtpConnection | None, MxHost | None, str]:
+        cfg = self._config
+        error = "no MX host answered"
+        for host in hosts:
+            for address in host.addresses:
+                try:
+                    conn = await SmtpConnection.open(
+                        address,
+                        cfg.delivery.port,
+                        helo=cfg.helo_name,
+                        timeouts=cfg.delivery.timeouts,
+                        starttls=cfg.delivery.starttls == "opportunistic",
+                        server_name=host.name,
+                    )
+                except SmtpError as exc:
+                    error = f"{host.name}[{address}]: {exc}"
+                    event("connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc))
+                    continue
+                return conn, host, ""
+        return None, None, error
+
+    async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job) -> None:
+        message = self._messages.get(job.qid)
+        if message is None:
+            return
+        indices = [i for i in job.rcpts if message.recipients[i].status == "pending"]
+        if not indices:
+            return
+        env = message.envelope
+        body = await self._spool.read_body(job.qid)
+        started = time.monotonic()
+        try:
+            result = await conn.send(
+                env.sender,
+                [message.recipients[i].address for i in indices],
+                body,
+                smtputf8=env.smtputf8,
+                body_8bit=env.body_8bit,
+            )
+        except SmtpError as exc:
+            outcomes = [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in indices]
+        else:
+            outcomes = classify(indices, result, host.name)
+        await self._complete(message, job.domain, outcomes, body, conn.peer, started)
+
+    async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
+        message = self._messages.get(job.qid)
+        if message is None:
+            return
+        indices = [i for i in job.rcpts if message.recipients[i].status == "pending"]
+        outcomes = [Outcome(i, kind, status, reply, remote) for i in indices]
+        await self._complete(message, job.domain, outcomes, None, "", time.monotonic())
+
+    # -- outcomes --------------------------------------------------------------
+
+    async def _complete(
+        self,
+        message: SpooledMessage,
+        domain: str,
+        outcomes: list[Outcome],
+        body: bytes | None,
+        peer_ip: str,
+        started: float,
+    ) -> None:
+        env = message.envelope
+        now = time.time()
+        expiry = env.received_at + self._config.retry.max_age
+        records: list[dict[str, object]] = []
+        failures: list[tuple[dict[str, object], Failure]] = []
+        retry_at: float | None = None
+        retry: list[int] = []
+        for o in outcomes:
+            rcpt = message.recipients[o.index]
+            attempts = rcpt.attempts + 1
+            record: dict[str, object] = {"i": o.index, "a": attempts, "r": o.reply, "t": now}
+            kind: str = o.kind
+            status = o.status
+            if kind == "deferred" and now >= expiry:
+                kind, status = "expired", "4.4.7"
+            if kind == "deferred":
+                at = min(now + self._scheduler.backoff(attempts), expiry)
+                record.update(s="pending", n=at)
+                retry.append(o.index)
+                retry_at = at if retry_at is None else min(retry_at, at)
+            else:
+                record["s"] = kind
+            if kind in ("bounced", "expired"):
+                failures.append((record, Failure(rcpt.address, status, o.reply, o.remote, now)))
+            records.append(record)
+            event(
+                kind,
+                logging.INFO if kind == "delivered" else logging.WARNING,
+                qid=env.qid,
+                rcpt=rcpt.address,
+                domain=domain,
+                mx=o.remote,
+                ip=peer_ip,
+                status=status,
+                reply=o.reply,
+                attempts=attempts,
+                delay=round(now - env.received_at, 3),
+                **({"next_attempt": round(float(record["n"]), 3)} if "n" in record else {}),
+            )
+        if failures and env.sender:
+            dsn_qid = await self._send_dsn(message, [f for _, f in failures], body, now)
+            for record, _ in failures:
+                record["dsn"] = dsn_qid
+        try:
+            await self._spool.record(env.qid, records)
+        except OSError as exc:
+            # The outcome is kept in memory; after a crash it is tried again.
+            event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
+        for record in records:
+            message.apply(record)
+        if retry and retry_at is not None:
+            self._scheduler.add(Job(env.qid, domain, retry), retry_at)
+            self._wake.set()
+        if message.done:
+            await self._spool.remove(env.qid)
+            self._messages.pop(env.qid, None)
+            event("finished", qid=env.qid, seconds=round(time.monotonic() - started, 3))
+
+    async def _send_dsn(
+        self, message: SpooledMessage, failures: list[Failure], body: bytes | None, now: float
+    ) -> str:
+        env = message.envelope
+        if body is None:
+            try:
+                body = await self._spool.read_body(env.qid)
+            except OSError:
+                body = b""
+        hostname = self._config.node.hostname
+        data = build_dsn(env, body, failures, reporting_mta=hostname, now=now)
+        dsn_env = Envelope(
+            qid=self._spool.new_qid(),
+            sender="",
+            recipients=[env.sender],
+            received_at=now,
+            helo=hostname,
+            size=len(data),
+            smtputf8=any(not f.recipient.isascii() for f in failures),
+        )
+        try:
+            await self._spool.store(dsn_env, data)
+        except SpoolError as exc:
+            event("dsn_failed", logging.ERROR, qid=env.qid, error=str(exc))
+            return ""
+        self.submit(SpooledMessage(dsn_env, [RecipientState(env.sender)]))
+        event("dsn_queued", qid=dsn_env.qid, original=env.qid, rcpt=env.sender)
+        return dsn_env.qid

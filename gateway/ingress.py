@@ -1,0 +1,288 @@
+"""SMTP ingress (aiosmtpd): relay control, limits, and the durable 250.
+
+The reply to DATA is 250 only after the spool has fsynced the message and its
+envelope; it carries the queue ID, and so does every log line about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import _core
+from gateway.config import Config
+from gateway.log import event
+from gateway.spool import Envelope as SpoolEnvelope
+from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+# Enhanced status codes (RFC 2034/3463) for aiosmtpd's own replies that lack one.
+_DEFAULT_ENHANCED = {
+    250: "2.0.0",
+    221: "2.0.0",
+    251: "2.1.5",
+    252: "2.0.0",
+    421: "4.3.0",
+    451: "4.3.0",
+    452: "4.5.3",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.5.0",
+    555: "5.5.4",
+}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class GatewayEnvelope(Envelope):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected_rcpts = 0
+
+
+class GatewaySMTP(SMTP):  # type: ignore[misc]
+    """aiosmtpd's server with enhanced status codes and RFC-correct edge replies."""
+
+    sessions: set[GatewaySMTP] = set()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plain_replies = False
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        GatewaySMTP.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        GatewaySMTP.sessions.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not self._plain_replies:
+            status = _with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # EHLO lines are capabilities, not replies to be given status codes.
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        env = self.envelope
+        if (
+            isinstance(env, GatewayEnvelope)
+            and env.mail_from is not None
+            and not env.rcpt_tos
+            and env.rejected_rcpts
+        ):
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        await super().smtp_DATA(arg)
+
+
+def _with_enhanced_code(status: str) -> str:
+    code = status[:3]
+    if not code.isdigit() or code in ("220", "354", "334") or _HAS_ENHANCED.match(status):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(int(code))
+    if enhanced is None or status[3:4] not in (" ", ""):
+        return status
+    return f"{code} {enhanced} {status[4:]}".rstrip()
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+
+
+class IngressHandler:
+    """aiosmtpd hooks: relay control, recipient limits, durable queueing."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        submit: Callable[[SpooledMessage], None],
+    ) -> None:
+        self._config = config
+        self._spool = spool
+        self._submit = submit
+        self._networks: list[Network] = [
+            ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
+        ]
+        self.in_data = 0
+
+    def relay_allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._networks)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()  # "250 HELP"
+        responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return responses
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address != "<>" and address and "@" not in address:
+            return "553 5.1.7 Sender address must be user@domain or <>"
+        envelope.mail_from = "" if address == "<>" else address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        assert isinstance(envelope, GatewayEnvelope)
+        ip = _peer_ip(session)
+        if not self.relay_allowed(ip):
+            envelope.rejected_rcpts += 1
+            event("rejected", logging.WARNING, reason="relay_denied", client=ip, rcpt=address)
+            return "550 5.7.1 Relaying denied: client not authorized"
+        local, _, domain = address.rpartition("@")
+        if not local or not domain or "." not in domain.strip("[]"):
+            envelope.rejected_rcpts += 1
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.in_data += 1
+        try:
+            return await self._queue(session, envelope)
+        finally:
+            self.in_data -= 1
+
+    async def _queue(self, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        data, scan = _core.scan_message(raw)
+        qid = self._spool.new_qid()
+        ip = _peer_ip(session)
+        helo = session.host_name or ""
+        now = time.time()
+        trace = _received_header(self._config.node.hostname, helo, ip, qid, envelope, now)
+        data = trace + data
+        spooled = SpoolEnvelope(
+            qid=qid,
+            sender=envelope.mail_from or "",
+            recipients=list(envelope.rcpt_tos),
+            received_at=now,
+            client_ip=ip,
+            helo=helo,
+            size=len(data),
+            smtputf8=bool(envelope.smtp_utf8),
+            body_8bit=scan.has_8bit,
+        )
+        try:
+            await self._spool.store(spooled, data)
+        except SpoolError as exc:
+            event("spool_failed", logging.ERROR, qid=qid, error=str(exc))
+            return "451 4.3.0 Temporary failure storing the message; try again later"
+        self._submit(SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients]))
+        event(
+            "received",
+            qid=qid,
+            client=ip,
+            helo=helo,
+            sender=spooled.sender,
+            rcpts=len(spooled.recipients),
+            size=spooled.size,
+            bare_lf=scan.bare_lf,
+            bare_cr=scan.bare_cr,
+            long_lines=scan.long_lines,
+        )
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+
+def _received_header(
+    hostname: str, helo: str, ip: str, qid: str, envelope: Envelope, now: float
+) -> bytes:
+    """RFC 5321 §4.4 trace header, prepended to every relayed message."""
+    protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
+    rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    line = (
+        f"Received: from {helo or 'unknown'} ([{ip}])\r\n"
+        f"\tby {hostname} (Deliverability Gateway) with {protocol} id {qid}{rcpt};\r\n"
+        f"\t{email.utils.formatdate(now)}\r\n"
+    )
+    return line.encode("utf-8")
+
+
+def make_server_factory(
+    handler: IngressHandler, config: Config
+) -> Callable[[], GatewaySMTP]:
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.node.hostname,
+            ident=config.smtp.banner,
+            timeout=config.smtp.timeout,
+        )
+
+    return factory
+
+
+async def drain_sessions(handler: IngressHandler, grace: float) -> None:
+    """Wait for open transactions to finish, then close every session with 421."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (
+        handler.in_data or any(s.in_transaction for s in GatewaySMTP.sessions)
+    ):
+        await asyncio.sleep(0.05)
+    closing: list[Awaitable[None]] = []
+    for session in list(GatewaySMTP.sessions):
+        if session.transport is not None:
+            closing.append(_close_session(session))
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
+async def _close_session(session: GatewaySMTP) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(session.push("421 4.3.2 Service shutting down"), 1)
+    if session.transport is not None:
+        session.transport.close()

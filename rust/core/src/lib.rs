@@ -1,0 +1,12 @@
+//! Pure-Rust core of the Deliverability Gateway.
+//!
+//! Everything here is sans-I/O and free of Python so it can be tested with
+//! `cargo test` and reused by the thin PyO3 bindings crate (`rust/python`).
+
+pub mod message_scan;
+pub mod queue_id;
+pub mod transparency;
+
+pub use message_scan::{scan_and_normalize, MessageScan};
+pub use queue_id::QueueIdGenerator;
+pub use transparency::dot_stuff;
