@@ -165,7 +165,7 @@ class IngressHandler:
     ) -> str:
         if address != "<>" and address and "@" not in address:
             return "553 5.1.7 Sender address must be user@domain or <>"
-        envelope.mail_from = "" if address == "<>" else address
+        envelope.mail_from = address  # "<>" stays truthy: aiosmtpd tests it before RCPT
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
@@ -206,7 +206,7 @@ class IngressHandler:
         data = trace + data
         spooled = SpoolEnvelope(
             qid=qid,
-            sender=envelope.mail_from or "",
+            sender="" if envelope.mail_from == "<>" else envelope.mail_from,
             recipients=list(envelope.rcpt_tos),
             received_at=now,
             client_ip=ip,

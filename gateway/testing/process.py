@@ -1,0 +1,143 @@
+"""The gateway as a real subprocess with a chosen configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gateway.testing.net import free_port, wait_for_port
+
+
+def dump_toml(config: dict[str, dict[str, Any]]) -> str:
+    """TOML for a two-level config dict (sections of scalars and lists; one nesting)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        lines.append(f"[{prefix}]")
+        nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        for key, value in table.items():
+            if key not in nested:
+                lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
+        for key, value in nested.items():
+            emit(f"{prefix}.{key}", value)
+
+    for section, table in config.items():
+        emit(section, table)
+    return "\n".join(lines) + "\n"
+
+
+class GatewayProcess:
+    """`gateway run` in a subprocess; logs go to `<workdir>/gateway.log`."""
+
+    def __init__(self, workdir: Path, config: dict[str, dict[str, Any]], port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.config = _merge(
+            {
+                "node": {"hostname": "gateway.test", "data_dir": str(workdir / "data")},
+                "smtp": {"listen": [f"127.0.0.1:{self.port}"]},
+                "log": {"level": "debug", "format": "json"},
+            },
+            config,
+        )
+        self.config_path = workdir / "gateway.toml"
+        self.log_path = workdir / "gateway.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(dump_toml(self.config))
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout=20)
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"gateway did not start:\n{self.log_path.read_text()}") from None
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self._proc is None:
+            return 0
+        self._proc.send_signal(signal.SIGTERM)
+        code = self._proc.wait(timeout)
+        self._proc = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        if not self.log_path.exists():
+            return out
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (name is None or record.get("event") == name):
+                out.append(record)
+        return out
+
+    def wait_event(self, name: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.events(name):
+                if all(record.get(k) == v for k, v in match.items()):
+                    return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {name} event matching {match} in {timeout}s")
+            time.sleep(0.05)
+
+    def spool_files(self) -> list[str]:
+        queue = Path(self.config["node"]["data_dir"]) / "spool" / "queue"
+        return sorted(p.name for p in queue.iterdir()) if queue.exists() else []
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._proc is not None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

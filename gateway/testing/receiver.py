@@ -1,0 +1,160 @@
+"""Real SMTP servers that play a recipient's MX in tests (aiosmtpd, own thread)."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+RcptPolicy = Callable[[str, int], str | None]
+"""(recipient, how many times it was offered so far) -> reply, or None to accept."""
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    peer: str
+
+
+class _Handler:
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        r = self.receiver
+        with r.lock:
+            r.offered[address] += 1
+            count = r.offered[address]
+        reply = r.rcpt_policy(address, count) if r.rcpt_policy else None
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        r = self.receiver
+        if r.data_delay:
+            time.sleep(r.data_delay)  # deliberately blocks: a slow, stuck MX
+        reply = r.data_policy(envelope) if r.data_policy else None
+        if reply:
+            return reply
+        with r.lock:
+            r.messages.append(
+                Received(
+                    "" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.original_content or b""),
+                    str(session.peer[0]),
+                )
+            )
+        return "250 2.0.0 OK accepted"
+
+
+class Receiver:
+    """An SMTP server on ip:port that records every message it accepts."""
+
+    def __init__(
+        self,
+        ip: str,
+        port: int,
+        *,
+        rcpt_policy: RcptPolicy | None = None,
+        data_policy: Callable[[Any], str | None] | None = None,
+        data_delay: float = 0.0,
+    ) -> None:
+        self.ip = ip
+        self.port = port
+        self.rcpt_policy = rcpt_policy
+        self.data_policy = data_policy
+        self.data_delay = data_delay
+        self.lock = threading.Lock()
+        self.messages: list[Received] = []
+        self.offered: Counter[str] = Counter()
+        self._controller = Controller(
+            _Handler(self), hostname=ip, port=port, enable_SMTPUTF8=True, ready_timeout=10
+        )
+
+    def start(self) -> Receiver:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def received_by(self, rcpt: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if rcpt in m.rcpt_tos]
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
+        """At least `count` messages, or TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.ip} got {len(self.messages)} of {count} messages")
+            time.sleep(0.05)
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RefusingServer:
+    """A server that answers every connection with one reply and hangs up
+    (e.g. a 554 greeting: "no SMTP service here")."""
+
+    def __init__(self, ip: str, port: int, reply: str = "554 5.3.2 No service") -> None:
+        self.connections = 0
+        line = reply.encode() + b"\r\n"
+        outer = self
+
+        class _Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.connections += 1
+                self.request.sendall(line)
+
+        class _Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = _Server((ip, port), _Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> RefusingServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> RefusingServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,63 @@
+"""Small helpers for tests: send a message the way a client MTA would."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import re
+import smtplib
+
+QID = re.compile(r"queued as ([0-9A-Z]{16})")
+
+
+def make_message(subject: str = "test", body: str = "hello\r\n", sender: str = "") -> bytes:
+    lines = [
+        f"From: {sender or 'app@sender.test'}",
+        "To: someone",
+        f"Subject: {subject}",
+        "Message-ID: <" + subject.replace(" ", ".") + "@sender.test>",
+        "",
+        body,
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def send(
+    port: int,
+    sender: str,
+    recipients: list[str],
+    data: bytes | None = None,
+    source: str | None = None,
+) -> str:
+    """Send one message; returns the queue ID from the 250 reply."""
+    with smtplib.SMTP(
+        "127.0.0.1", port, timeout=30, source_address=(source, 0) if source else None
+    ) as client:
+        client.ehlo("client.test")
+        code, reply = client.mail(sender)
+        assert code == 250, reply
+        for rcpt in recipients:
+            code, reply = client.rcpt(rcpt)
+            assert code == 250, (rcpt, code, reply)
+        code, reply = client.data(data or make_message())
+        assert code == 250, reply
+        match = QID.search(reply.decode())
+        assert match, reply
+        return match.group(1)
+
+
+def parse(content: bytes) -> email.message.Message:
+    return email.message_from_bytes(content)
+
+
+def dsn_fields(dsn: email.message.Message) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(per-message fields, per-recipient fields) of a multipart/report DSN."""
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    parts = dsn.get_payload()
+    assert isinstance(parts, list)
+    status = next(p for p in parts if p.get_content_type() == "message/delivery-status")
+    blocks = status.get_payload()
+    assert isinstance(blocks, list)
+    first, *rest = blocks
+    return dict(first.items()), [dict(b.items()) for b in rest]

@@ -1,0 +1,205 @@
+"""End to end over loopback: client -> gateway -> real DNS -> real MX servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.testing import GatewayProcess, Receiver, RefusingServer
+from tests.conftest import MX
+from tests.helpers import dsn_fields, make_message, parse, send
+
+
+class Mx:
+    """The receiving side of the module: one real SMTP server per MX address."""
+
+    def __init__(self, port: int) -> None:
+        self.good1 = Receiver(MX["good1"], port)
+        self.good2 = Receiver(MX["good2"], port)
+        self.fallback_554 = RefusingServer(MX["fallback_554"], port, "554 5.3.2 No SMTP here")
+        self.fallback_ok = Receiver(MX["fallback_ok"], port)
+        self.implicit = Receiver(MX["implicit"], port)
+        self.tempfail = Receiver(
+            MX["tempfail"], port, rcpt_policy=lambda a, n: "451 4.7.1 Try later" if n == 1 else None
+        )
+        self.reject = Receiver(
+            MX["reject"],
+            port,
+            rcpt_policy=lambda a, n: "550 5.1.1 No such user" if a.startswith("unknown") else None,
+        )
+        self.sender = Receiver(MX["sender"], port)
+        self.all: list[Receiver | RefusingServer] = [
+            self.good1,
+            self.good2,
+            self.fallback_554,
+            self.fallback_ok,
+            self.implicit,
+            self.tempfail,
+            self.reject,
+            self.sender,
+        ]
+
+    def dsns_about(self, rcpt: str, count: int = 1, timeout: float = 15.0) -> list[Any]:
+        """DSNs that reached the sender domain's MX and name `rcpt`."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                m
+                for m in self.sender.messages
+                if m.mail_from == "" and f"rfc822; {rcpt}".encode() in m.content
+            ]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def mx(mx_port: int) -> Iterator[Mx]:
+    servers = Mx(mx_port)
+    for s in servers.all:
+        s.start()
+    yield servers
+    for s in servers.all:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, base_config: dict[str, Any], mx: Mx
+) -> Iterator[GatewayProcess]:
+    config = {**base_config, "smtp": {"max_recipients": 5}}
+    with GatewayProcess(tmp_path_factory.mktemp("gw"), config) as gw:
+        yield gw
+
+
+def test_mx_preference_lowest_first(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "app@sender.test", ["alice@good.test"])
+    mx.good1.wait_for(1)
+    assert [m.rcpt_tos for m in mx.good1.received_by("alice@good.test")] == [["alice@good.test"]]
+    assert mx.good2.received_by("alice@good.test") == []
+    event = gateway.wait_event("delivered", qid=qid)
+    assert event["mx"] == "mx1.good.test"
+    assert event["status"] == "2.0.0"
+
+
+def test_next_mx_when_first_refuse(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "app@sender.test", ["bob@fallback.test"])
+    gateway.wait_event("delivered", qid=qid)
+    assert len(mx.fallback_ok.received_by("bob@fallback.test")) == 1
+    assert mx.fallback_554.connections >= 1
+    failed = {e["mx"] for e in gateway.events("connect_failed")}
+    assert {"mx1.fallback.test", "mx2.fallback.test"} <= failed
+
+
+def test_implicit_mx_uses_address_record(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "app@sender.test", ["carol@implicit.test"])
+    gateway.wait_event("delivered", qid=qid)
+    assert len(mx.implicit.received_by("carol@implicit.test")) == 1
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "status"),
+    [("dave@nullmx.test", "5.1.10"), ("erin@nosuch.test", "5.1.2")],
+    ids=["null-mx", "nxdomain"],
+)
+def test_permanent_dns_failures_bounce_with_dsn(
+    gateway: GatewayProcess, mx: Mx, rcpt: str, status: str
+) -> None:
+    qid = send(gateway.port, "app@sender.test", [rcpt])
+    event = gateway.wait_event("bounced", qid=qid)
+    assert event["status"] == status
+    (dsn,) = mx.dsns_about(rcpt)
+    _, recipients = dsn_fields(parse(dsn.content))
+    assert recipients[0]["Status"] == status
+    assert recipients[0]["Action"] == "failed"
+
+
+def test_servfail_is_retried_not_bounced(gateway: GatewayProcess) -> None:
+    qid = send(gateway.port, "app@sender.test", ["frank@servfail.test"])
+    first = gateway.wait_event("deferred", qid=qid, attempts=1)
+    assert first["status"] == "4.4.3"
+    gateway.wait_event("deferred", qid=qid, attempts=2, timeout=10)
+    assert not [e for e in gateway.events("bounced") if e["qid"] == qid]
+
+
+def test_4xx_then_success_on_retry(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "app@sender.test", ["gina@tempfail.test"])
+    deferred = gateway.wait_event("deferred", qid=qid)
+    assert deferred["reply"].startswith("451 4.7.1")
+    delivered = gateway.wait_event("delivered", qid=qid, timeout=20)
+    assert delivered["attempts"] == 2
+    assert len(mx.tempfail.received_by("gina@tempfail.test")) == 1
+
+
+def test_5xx_sends_rfc3464_dsn_to_sender(gateway: GatewayProcess, mx: Mx) -> None:
+    data = make_message(subject="will bounce")
+    qid = send(gateway.port, "app@sender.test", ["unknown1@reject.test"], data)
+    gateway.wait_event("bounced", qid=qid)
+    (dsn,) = mx.dsns_about("unknown1@reject.test")
+    assert dsn.mail_from == ""  # null sender: a DSN is never answered
+    assert dsn.rcpt_tos == ["app@sender.test"]
+    message = parse(dsn.content)
+    assert message["Auto-Submitted"] == "auto-replied"
+    per_message, (rcpt,) = dsn_fields(message)
+    assert per_message["Reporting-MTA"] == "dns; gateway.test"
+    assert rcpt["Final-Recipient"] == "rfc822; unknown1@reject.test"
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Status"] == "5.1.1"
+    assert rcpt["Remote-MTA"] == "dns; reject.test"
+    assert rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1 No such user")
+    parts = message.get_payload()
+    assert isinstance(parts, list)
+    headers = next(p for p in parts if p.get_content_type() == "text/rfc822-headers")
+    assert b"Subject: will bounce" in headers.as_bytes()
+
+
+def test_no_dsn_for_null_sender(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "<>", ["unknown2@reject.test"])
+    gateway.wait_event("bounced", qid=qid)
+    gateway.wait_event("finished", qid=qid)
+    assert not [e for e in gateway.events("dsn_queued") if e["original"] == qid]
+    assert mx.dsns_about("unknown2@reject.test", timeout=0.5) == []
+
+
+def test_multi_domain_message_is_split_per_destination(gateway: GatewayProcess, mx: Mx) -> None:
+    rcpts = ["h1@good.test", "h2@good.test", "h3@implicit.test", "unknown3@reject.test"]
+    qid = send(gateway.port, "app@sender.test", rcpts, make_message("split"))
+    gateway.wait_event("finished", qid=qid)
+    assert [m.rcpt_tos for m in mx.good1.received_by("h1@good.test")] == [
+        ["h1@good.test", "h2@good.test"]
+    ]
+    assert [m.rcpt_tos for m in mx.implicit.received_by("h3@implicit.test")] == [
+        ["h3@implicit.test"]
+    ]
+    outcomes = {e["rcpt"]: e["event"] for e in gateway.events() if e.get("qid") == qid and "rcpt" in e}
+    assert outcomes == {
+        "h1@good.test": "delivered",
+        "h2@good.test": "delivered",
+        "h3@implicit.test": "delivered",
+        "unknown3@reject.test": "bounced",
+    }
+    (dsn,) = mx.dsns_about("unknown3@reject.test")
+    _, dsn_rcpts = dsn_fields(parse(dsn.content))
+    assert [r["Final-Recipient"] for r in dsn_rcpts] == ["rfc822; unknown3@reject.test"]
+
+
+def test_spool_is_empty_once_everything_is_final(gateway: GatewayProcess, mx: Mx) -> None:
+    qid = send(gateway.port, "app@sender.test", ["ivan@good.test"])
+    gateway.wait_event("finished", qid=qid)
+    assert not [f for f in gateway.spool_files() if f.startswith(qid)]
+
+
+def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> None:
+    data = b"Subject: bare lf\nMessage-ID: <lf@sender.test>\n\nline one\nline two\n"
+    qid = send(gateway.port, "app@sender.test", ["judy@good.test"], data)
+    gateway.wait_event("delivered", qid=qid)
+    (got,) = mx.good1.received_by("judy@good.test")
+    assert got.content.startswith(b"Received: from client.test ([127.0.0.1])")
+    assert f"id {qid}".encode() in got.content
+    assert b"\n" not in got.content.replace(b"\r\n", b"")
+    received = gateway.wait_event("received", qid=qid)
+    assert received["bare_lf"] == 5
