@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m mypy.stubtest gateway._core --allowlist tests/stubtest-allowlist.txt
+	$(BIN)/python -m mypy.stubtest gateway._core
 
 rust-test:
 	cargo test --workspace

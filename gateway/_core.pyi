@@ -1,8 +1,20 @@
 """Type stubs for the Rust extension (rust/python). Checked by mypy.stubtest."""
 
+from typing import final
+
+__all__ = [
+    "MAX_LINE_OCTETS",
+    "MessageScan",
+    "__version__",
+    "dot_stuff",
+    "new_queue_id",
+    "scan_message",
+]
+
 __version__: str
 MAX_LINE_OCTETS: int
 
+@final
 class MessageScan:
     """Facts about a received message, measured after line-ending normalisation."""
 

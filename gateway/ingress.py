@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -48,13 +48,13 @@ _DEFAULT_ENHANCED = {
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class GatewayEnvelope(Envelope):  # type: ignore[misc]
+class GatewayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.rejected_rcpts = 0
 
 
-class GatewaySMTP(SMTP):  # type: ignore[misc]
+class GatewaySMTP(SMTP):
     """aiosmtpd's server with enhanced status codes and RFC-correct edge replies."""
 
     sessions: set[GatewaySMTP] = set()
@@ -78,10 +78,11 @@ class GatewaySMTP(SMTP):  # type: ignore[misc]
     def in_transaction(self) -> bool:
         return self.envelope is not None and self.envelope.mail_from is not None
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._plain_replies:
-            status = _with_enhanced_code(status)
-        await super().push(status)
+            await super().push(_with_enhanced_code(status))
+        else:
+            await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # EHLO lines are capabilities, not replies to be given status codes.
@@ -121,6 +122,12 @@ def _with_enhanced_code(status: str) -> str:
     return f"{code} {enhanced} {status[4:]}".rstrip()
 
 
+def _sender(envelope: Envelope) -> str:
+    """The envelope sender, "" for the null sender <>."""
+    mail_from = envelope.mail_from
+    return "" if mail_from is None or mail_from == "<>" else mail_from
+
+
 def _peer_ip(session: Session) -> str:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
@@ -153,7 +160,12 @@ class IngressHandler:
         return any(addr in net for net in self._networks)
 
     async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
         last = responses.pop()  # "250 HELP"
@@ -206,7 +218,7 @@ class IngressHandler:
         data = trace + data
         spooled = SpoolEnvelope(
             qid=qid,
-            sender="" if envelope.mail_from == "<>" else envelope.mail_from,
+            sender=_sender(envelope),
             recipients=list(envelope.rcpt_tos),
             received_at=now,
             client_ip=ip,
@@ -250,9 +262,7 @@ def _received_header(
     return line.encode("utf-8")
 
 
-def make_server_factory(
-    handler: IngressHandler, config: Config
-) -> Callable[[], GatewaySMTP]:
+def make_server_factory(handler: IngressHandler, config: Config) -> Callable[[], GatewaySMTP]:
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
             handler,
@@ -270,7 +280,7 @@ def make_server_factory(
 async def drain_sessions(handler: IngressHandler, grace: float) -> None:
     """Wait for open transactions to finish, then close every session with 421."""
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (
+    while time.monotonic() < deadline and (  # noqa: ASYNC110 - polls state aiosmtpd owns
         handler.in_data or any(s.in_transaction for s in GatewaySMTP.sessions)
     ):
         await asyncio.sleep(0.05)

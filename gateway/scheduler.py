@@ -45,7 +45,7 @@ class RetryScheduler:
         return due
 
     def backoff(self, attempts: int) -> float:
-        """Delay before attempt `attempts + 1`: first · multiplier^(n−1), capped, ± jitter."""
+        """Delay before attempt `attempts + 1`: first · multiplier^(n-1), capped, ± jitter."""
         c = self._config
         delay = min(c.first_interval * c.multiplier ** max(attempts - 1, 0), c.max_interval)
         return delay * (1 + random.uniform(-c.jitter, c.jitter))

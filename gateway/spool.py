@@ -177,9 +177,7 @@ class Spool:
     async def record(self, qid: str, records: list[dict[str, Any]]) -> None:
         """Append recipient outcomes to the message's journal, durably."""
         if records:
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._record, qid, records
-            )
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._record, qid, records)
 
     def _record(self, qid: str, records: list[dict[str, Any]]) -> None:
         lines = b"".join(

@@ -13,43 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.testing import DnsServer, free_port
-
-# Which 127.0.0.x address plays which MX host.
-MX = {
-    "good1": "127.0.0.2",
-    "good2": "127.0.0.3",
-    "fallback_closed": "127.0.0.4",  # nothing listens: connection refused
-    "fallback_554": "127.0.0.5",  # answers 554 at greeting
-    "fallback_ok": "127.0.0.6",
-    "implicit": "127.0.0.7",
-    "tempfail": "127.0.0.8",
-    "reject": "127.0.0.9",
-    "sender": "127.0.0.10",
-    "slow": "127.0.0.11",
-    "down": "127.0.0.12",
-}
-
-ZONE = [
-    "good MX 10 mx1.good",
-    "good MX 20 mx2.good",
-    f"mx1.good A {MX['good1']}",
-    f"mx2.good A {MX['good2']}",
-    "fallback MX 10 mx1.fallback",
-    "fallback MX 20 mx2.fallback",
-    "fallback MX 30 mx3.fallback",
-    f"mx1.fallback A {MX['fallback_closed']}",
-    f"mx2.fallback A {MX['fallback_554']}",
-    f"mx3.fallback A {MX['fallback_ok']}",
-    f"implicit A {MX['implicit']}",
-    "nullmx MX 0 .",
-    "tempfail MX 10 mx.tempfail",
-    f"mx.tempfail A {MX['tempfail']}",
-    f"reject A {MX['reject']}",
-    "sender MX 10 mx.sender",
-    f"mx.sender A {MX['sender']}",
-    f"slow A {MX['slow']}",
-    f"down A {MX['down']}",
-]
+from tests.zones import ZONE
 
 
 @pytest.fixture(scope="session")

@@ -54,10 +54,16 @@ def dsn_fields(dsn: email.message.Message) -> tuple[dict[str, str], list[dict[st
     """(per-message fields, per-recipient fields) of a multipart/report DSN."""
     assert dsn.get_content_type() == "multipart/report"
     assert dsn.get_param("report-type") == "delivery-status"
-    parts = dsn.get_payload()
-    assert isinstance(parts, list)
-    status = next(p for p in parts if p.get_content_type() == "message/delivery-status")
+    status = part(dsn, "message/delivery-status")
     blocks = status.get_payload()
     assert isinstance(blocks, list)
-    first, *rest = blocks
-    return dict(first.items()), [dict(b.items()) for b in rest]
+    fields = [dict(b.items()) for b in blocks if isinstance(b, email.message.Message)]
+    return fields[0], fields[1:]
+
+
+def part(message: email.message.Message, content_type: str) -> email.message.Message:
+    """The first direct subpart of a multipart message with this content type."""
+    parts = message.get_payload()
+    assert isinstance(parts, list)
+    found = [p for p in parts if isinstance(p, email.message.Message)]
+    return next(p for p in found if p.get_content_type() == content_type)

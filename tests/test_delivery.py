@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.testing import GatewayProcess, Receiver, RefusingServer
-from tests.conftest import MX
-from tests.helpers import dsn_fields, make_message, parse, send
+from tests.helpers import dsn_fields, make_message, parse, part, send
+from tests.zones import MX
 
 
 class Mx:
@@ -151,9 +151,7 @@ def test_5xx_sends_rfc3464_dsn_to_sender(gateway: GatewayProcess, mx: Mx) -> Non
     assert rcpt["Status"] == "5.1.1"
     assert rcpt["Remote-MTA"] == "dns; reject.test"
     assert rcpt["Diagnostic-Code"].startswith("smtp; 550 5.1.1 No such user")
-    parts = message.get_payload()
-    assert isinstance(parts, list)
-    headers = next(p for p in parts if p.get_content_type() == "text/rfc822-headers")
+    headers = part(message, "text/rfc822-headers")
     assert b"Subject: will bounce" in headers.as_bytes()
 
 
@@ -175,7 +173,9 @@ def test_multi_domain_message_is_split_per_destination(gateway: GatewayProcess, 
     assert [m.rcpt_tos for m in mx.implicit.received_by("h3@implicit.test")] == [
         ["h3@implicit.test"]
     ]
-    outcomes = {e["rcpt"]: e["event"] for e in gateway.events() if e.get("qid") == qid and "rcpt" in e}
+    outcomes = {
+        e["rcpt"]: e["event"] for e in gateway.events() if e.get("qid") == qid and "rcpt" in e
+    }
     assert outcomes == {
         "h1@good.test": "delivered",
         "h2@good.test": "delivered",

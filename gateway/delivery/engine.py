@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.config import Config
 from gateway.delivery.dsn import Failure, build_dsn
@@ -189,7 +189,9 @@ class DeliveryEngine:
                     )
                 except SmtpError as exc:
                     error = f"{host.name}[{address}]: {exc}"
-                    event("connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc))
+                    event(
+                        "connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc)
+                    )
                     continue
                 return conn, host, ""
         return None, None, error
@@ -262,20 +264,20 @@ class DeliveryEngine:
             if kind in ("bounced", "expired"):
                 failures.append((record, Failure(rcpt.address, status, o.reply, o.remote, now)))
             records.append(record)
-            event(
-                kind,
-                logging.INFO if kind == "delivered" else logging.WARNING,
-                qid=env.qid,
-                rcpt=rcpt.address,
-                domain=domain,
-                mx=o.remote,
-                ip=peer_ip,
-                status=status,
-                reply=o.reply,
-                attempts=attempts,
-                delay=round(now - env.received_at, 3),
-                **({"next_attempt": round(float(record["n"]), 3)} if "n" in record else {}),
-            )
+            fields: dict[str, Any] = {
+                "qid": env.qid,
+                "rcpt": rcpt.address,
+                "domain": domain,
+                "mx": o.remote,
+                "ip": peer_ip,
+                "status": status,
+                "reply": o.reply,
+                "attempts": attempts,
+                "delay": round(now - env.received_at, 3),
+            }
+            if "n" in record:
+                fields["next_attempt"] = record["n"]
+            event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
         if failures and env.sender:
             dsn_qid = await self._send_dsn(message, [f for _, f in failures], body, now)
             for record, _ in failures:

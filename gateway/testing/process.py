@@ -24,13 +24,18 @@ def dump_toml(config: dict[str, dict[str, Any]]) -> str:
         nested = {k: v for k, v in table.items() if isinstance(v, dict)}
         for key, value in table.items():
             if key not in nested:
-                lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
+                lines.append(f"{key} = {_toml_value(value)}")
         for key, value in nested.items():
             emit(f"{prefix}.{key}", value)
 
     for section, table in config.items():
         emit(section, table)
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings, numbers and lists are valid TOML; booleans are spelled alike.
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 
 
 class GatewayProcess:
@@ -91,7 +96,7 @@ class GatewayProcess:
             self._proc = None
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         if not self.log_path.exists():
             return out
         for line in self.log_path.read_text(errors="replace").splitlines():

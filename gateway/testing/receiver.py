@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socketserver
 import threading
 import time
@@ -45,7 +46,7 @@ class _Handler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         r = self.receiver
         if r.data_delay:
-            time.sleep(r.data_delay)  # deliberately blocks: a slow, stuck MX
+            await asyncio.sleep(r.data_delay)  # a slow MX
         reply = r.data_policy(envelope) if r.data_policy else None
         if reply:
             return reply

@@ -1,0 +1,73 @@
+"""Configuration: embedded defaults are safe; bad files name the key and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config, ConfigError, load_config, parse_duration
+
+
+def test_defaults_are_loopback_only_and_run() -> None:
+    config = load_config(None)
+    assert config.smtp.listen == ["127.0.0.1:2525"]
+    assert config.smtp.relay_networks == ["127.0.0.0/8", "::1/128"]
+    assert config.retry.max_age == 5 * 86400
+    assert config.spool_dir == Path("data/spool")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("2h", 7200), ("5d", 432000), (12, 12)]
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("[smtp]\nlisten_on = 1\n", "smtp.listen_on: unknown key"),
+        ('[smtp]\nrelay_networks = ["0.0.0.0/0"]\n', "open relay"),
+        ('[retry]\nmax_age = "forever"\n', "retry.max_age"),
+        ("[delivery]\nport = 70000\n", "delivery.port"),
+        ("[smtp\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_key(tmp_path: Path, toml: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        load_config(path)
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[node]\nhostname = "relay.example.com"\n[retry]\nfirst_interval = "1m"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[delivery]\nmax_connections = 0\n")
+    run = [sys.executable, "-m", "gateway", "check-config"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    fail = subprocess.run([*run, str(bad)], capture_output=True, text=True, check=False)
+    assert fail.returncode == 2
+    assert "delivery.max_connections" in fail.stderr
+
+
+def test_documented_keys_match_the_model() -> None:
+    """docs/configuration.md documents every key the model accepts."""
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = []
+    for section, field in Config.model_fields.items():
+        model = field.annotation
+        assert model is not None
+        for key, sub in model.model_fields.items():
+            if hasattr(sub.annotation, "model_fields"):
+                for leaf in sub.annotation.model_fields:
+                    if f"`{leaf}`" not in doc:
+                        missing.append(f"{section}.{key}.{leaf}")
+            elif f"`{key}`" not in doc:
+                missing.append(f"{section}.{key}")
+    assert missing == []

@@ -1,0 +1,100 @@
+"""Restarts, kill -9 and expiry: nothing acknowledged is lost, nothing delivered
+is delivered again, and what cannot be delivered comes back as a DSN."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.testing import GatewayProcess, Receiver
+from tests.helpers import dsn_fields, parse, send
+from tests.zones import MX
+
+
+def test_restart_with_mail_queued(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    gw = GatewayProcess(tmp_path, base_config).start()
+    qid = send(gw.port, "app@sender.test", ["queued@down.test"])
+    gw.wait_event("deferred", qid=qid)  # nothing listens at down.test's address yet
+    assert gw.stop() == 0
+    assert qid in gw.spool_files()
+    with Receiver(MX["down"], mx_port) as down:
+        gw.start()
+        try:
+            gw.wait_event("started", recovered=1)
+            down.wait_for(1)
+            gw.wait_event("finished", qid=qid)
+        finally:
+            gw.stop()
+        assert [m.rcpt_tos for m in down.messages] == [["queued@down.test"]]
+    assert gw.spool_files() == []
+
+
+def test_kill_9_between_250_and_delivery(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    gw = GatewayProcess(tmp_path, base_config).start()
+    qids = [send(gw.port, "app@sender.test", [f"crash{i}@down.test"]) for i in range(5)]
+    gw.kill()  # the 250s were sent; nothing was delivered
+    with Receiver(MX["down"], mx_port) as down:
+        with gw.start():
+            down.wait_for(5)
+            for qid in qids:
+                gw.wait_event("finished", qid=qid)
+        got = sorted(r for m in down.messages for r in m.rcpt_tos)
+    assert got == sorted(f"crash{i}@down.test" for i in range(5))
+
+
+def test_recipient_delivered_before_crash_is_not_delivered_again(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    # First run: the MX takes "done@" but keeps deferring "later@".
+    def first_policy(address: str, count: int) -> str | None:
+        return "451 4.3.0 busy" if address.startswith("later") else None
+
+    gw = GatewayProcess(tmp_path, base_config)
+    with Receiver(MX["down"], mx_port, rcpt_policy=first_policy) as down:
+        gw.start()
+        qid = send(gw.port, "app@sender.test", ["done@down.test", "later@down.test"])
+        gw.wait_event("delivered", qid=qid, rcpt="done@down.test")
+        gw.wait_event("deferred", qid=qid, rcpt="later@down.test")
+        gw.kill()
+        first = list(down.messages)
+    # Second run: the MX takes everything; only "later@" may arrive.
+    with Receiver(MX["down"], mx_port) as down:
+        with gw.start():
+            gw.wait_event("finished", qid=qid)
+        second = list(down.messages)
+    assert [m.rcpt_tos for m in first] == [["done@down.test"]]
+    assert [m.rcpt_tos for m in second] == [["later@down.test"]]
+
+
+def test_expiry_sends_dsn(tmp_path: Path, base_config: dict[str, Any], mx_port: int) -> None:
+    config = {**base_config, "retry": {**base_config["retry"], "max_age": "3s"}}
+    always_busy = Receiver(MX["slow"], mx_port, rcpt_policy=lambda a, n: "451 4.4.5 Busy")
+    sender_mx = Receiver(MX["sender"], mx_port)
+    with always_busy, sender_mx, GatewayProcess(tmp_path, config) as gw:
+        started = time.monotonic()
+        qid = send(gw.port, "app@sender.test", ["never@slow.test"])
+        expired = gw.wait_event("expired", qid=qid, timeout=20)
+        assert time.monotonic() - started >= 3
+        assert expired["status"] == "4.4.7"
+        (dsn,) = sender_mx.wait_for(1)
+    assert dsn.mail_from == ""
+    per_message, (rcpt,) = dsn_fields(parse(dsn.content))
+    assert per_message["X-Gateway-Queue-ID"] == qid
+    assert rcpt["Final-Recipient"] == "rfc822; never@slow.test"
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Status"] == "4.4.7"
+    assert "451 4.4.5 Busy" in rcpt["Diagnostic-Code"]
+    assert always_busy.offered["never@slow.test"] >= 2
+
+
+def test_sigterm_finishes_cleanly_with_empty_queue(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    gw = GatewayProcess(tmp_path, base_config).start()
+    assert gw.stop() == 0
+    assert gw.wait_event("stopped")["queued"] == 0

@@ -1,0 +1,71 @@
+"""Pieces in isolation: the Rust bindings, the DSN builder, spool recovery, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import time
+from pathlib import Path
+
+from gateway import _core
+from gateway.config import RetryConfig
+from gateway.delivery.dsn import Failure, build_dsn
+from gateway.scheduler import RetryScheduler
+from gateway.spool import Envelope, Spool
+from tests.helpers import dsn_fields
+
+
+def test_core_scan_normalises_and_reports() -> None:
+    data, scan = _core.scan_message(b"A: b\nC: d\r\n\r\nbody\rmore\r\n")
+    assert data == b"A: b\r\nC: d\r\n\r\nbody\r\nmore\r\n"
+    assert (scan.bare_lf, scan.bare_cr, scan.body_offset) == (1, 1, 14)
+    clean = b"A: b\r\n\r\nx\r\n"
+    same, _ = _core.scan_message(clean)
+    assert same is clean  # no copy for a canonical message
+
+
+def test_core_dot_stuff_and_ids() -> None:
+    assert _core.dot_stuff(b".a\r\n.\r\n") == b"..a\r\n..\r\n.\r\n"
+    ids = {_core.new_queue_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 16 for i in ids)
+
+
+def test_dsn_is_valid_rfc3464() -> None:
+    env = Envelope("QID0000000000001", "s@sender.test", ["r@x.test"], time.time())
+    original = b"Subject: hello\r\nFrom: s@sender.test\r\n\r\nsecret body\r\n"
+    dsn = build_dsn(
+        env,
+        original,
+        [Failure("r@x.test", "5.1.1", "550 5.1.1 unknown", "mx.x.test", time.time())],
+        reporting_mta="gw.test",
+        now=time.time(),
+    )
+    message = email.message_from_bytes(dsn)
+    per_message, (rcpt,) = dsn_fields(message)
+    assert per_message["Reporting-MTA"] == "dns; gw.test"
+    assert rcpt["Remote-MTA"] == "dns; mx.x.test"
+    assert b"secret body" not in dsn  # headers only, never the body
+    assert b"Subject: hello" in dsn
+
+
+def test_spool_recovery_replays_journal_and_skips_torn_line(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        spool = Spool(tmp_path)
+        env = Envelope(spool.new_qid(), "s@a.test", ["x@b.test", "y@b.test"], time.time())
+        await spool.store(env, b"Subject: x\r\n\r\nhi\r\n")
+        await spool.record(env.qid, [{"i": 0, "s": "delivered", "a": 1}])
+        with (spool.queue / f"{env.qid}.log").open("ab") as fh:
+            fh.write(b'{"i": 1, "s": "deliv')  # a crash mid-append
+        (spool.tmp / "debris").write_bytes(b"half a message")
+        spool.close()
+
+    asyncio.run(scenario())
+    (message,) = Spool(tmp_path).recover()
+    assert [r.status for r in message.recipients] == ["delivered", "pending"]
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    sched = RetryScheduler(RetryConfig(first_interval=60, multiplier=2, max_interval=300, jitter=0))
+    assert [sched.backoff(n) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 300, 300]
