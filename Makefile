@@ -45,7 +45,7 @@ pytest: build
 	$(BIN)/pytest -q
 
 bench: build system-deps
-	$(BIN)/python benchmarks/relay_throughput.py
+	$(BIN)/python benchmarks/relay_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) target gateway/_core*.so

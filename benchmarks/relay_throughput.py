@@ -1,0 +1,207 @@
+"""Relay throughput on this machine: Postfix's smtp-source -> MTA -> smtp-sink.
+
+Runs, in one go and under the same load, the gateway (durable spool, MX lookup
+through a real DNS server) and a stock Postfix instance relaying to the same
+sink, and prints messages/s for each and the ratio gateway/Postfix.
+
+    .venv/bin/python benchmarks/relay_throughput.py [--messages 10000] [--sessions 20]
+
+Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
+installs them. Every server listens on loopback only and everything is stopped
+at the end; each phase is bounded by --timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.testing import DnsServer, GatewayProcess, free_port
+from gateway.testing.net import wait_for_port
+
+SINK_IP = "127.0.0.20"
+SENDER = "bench@source.bench"
+RCPT = "user@sink.bench"
+
+
+class Sink:
+    """smtp-sink with its delivery counter (-c) written to a file."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.out = workdir / "sink.out"
+        self.port = port
+        self._proc = subprocess.Popen(
+            ["smtp-sink", "-u", "nobody", "-c", f"{SINK_IP}:{port}", "256"],
+            stdout=self.out.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(SINK_IP, port)
+
+    def count(self) -> int:
+        found = re.findall(rb"mesg=(\d+)", self.out.read_bytes()[-200:])
+        return int(found[-1]) if found else 0
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def drive(port: int, messages: int, sessions: int, size: int) -> float:
+    """smtp-source against 127.0.0.1:port; returns its wall time (all accepted)."""
+    start = time.monotonic()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-s",
+            str(sessions),
+            "-l",
+            str(size),
+            "-m",
+            str(messages),
+            "-f",
+            SENDER,
+            "-t",
+            RCPT,
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - start
+
+
+def wait_delivered(sink: Sink, target: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while sink.count() < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sink got {sink.count()} of {target} messages in {timeout}s")
+        time.sleep(0.02)
+
+
+def measure(name: str, port: int, sink: Sink, args: argparse.Namespace) -> dict[str, float]:
+    base = sink.count()
+    start = time.monotonic()
+    accept = drive(port, args.messages, args.sessions, args.size)
+    wait_delivered(sink, base + args.messages, args.timeout)
+    total = time.monotonic() - start
+    result = {"accept_per_s": args.messages / accept, "e2e_per_s": args.messages / total}
+    print(
+        f"{name:<10} accepted {result['accept_per_s']:8.0f} msg/s   "
+        f"delivered end to end {result['e2e_per_s']:8.0f} msg/s   ({total:.1f} s)",
+        flush=True,
+    )
+    return result
+
+
+def run_gateway(workdir: Path, sink: Sink, args: argparse.Namespace) -> dict[str, float]:
+    zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
+    with DnsServer(zone) as dns:
+        config: dict[str, dict[str, Any]] = {
+            "dns": {"nameservers": [dns.address], "port": dns.port},
+            "delivery": {"port": sink.port},
+            "log": {"level": "info"},
+        }
+        with GatewayProcess(workdir / "gateway", config) as gw:
+            return measure("gateway", gw.port, sink, args)
+
+
+def run_postfix(sink: Sink, args: argparse.Namespace) -> dict[str, float]:
+    # maillog_file must sit under one of Postfix's maillog_file_prefixes (/var).
+    root = Path(tempfile.mkdtemp(prefix="bench-postfix-", dir="/var/tmp"))
+    postfix = Postfix(root, sink)
+    try:
+        return measure("postfix", postfix.port, sink, args)
+    finally:
+        postfix.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--size", type=int, default=2048, help="message body bytes")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per phase")
+    args = parser.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix", "nsd"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            raise SystemExit(f"{tool} is missing: run `make bench`, which installs it")
+    print(
+        f"{args.messages} messages of {args.size} bytes over {args.sessions} sessions, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        sink = Sink(workdir, free_port(SINK_IP))
+        try:
+            gateway = run_gateway(workdir, sink, args)
+            postfix = run_postfix(sink, args)
+        finally:
+            sink.stop()
+    for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
+        print(f"ratio gateway/postfix, {label}: {gateway[key] / postfix[key]:.2f}")
+
+
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+myhostname = bench-postfix.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [{sink_ip}]:{sink_port}
+alias_maps =
+alias_database =
+maillog_file = {root}/maillog
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+"""
+
+
+class Postfix:
+    """A private Postfix instance (own config, queue and data directories)."""
+
+    def __init__(self, root: Path, sink: Sink) -> None:
+        self.root = root
+        self.port = free_port()
+        conf = root / "conf"
+        root.chmod(0o755)  # Postfix's daemons run as user postfix
+        for d in ("conf", "queue", "data"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.chown(root / "data", "postfix")
+        master = Path("/etc/postfix/master.cf").read_text()
+        master = re.sub(
+            r"(?m)^smtp\s+inet\s.*$", f"127.0.0.1:{self.port} inet n - n - - smtpd", master
+        )
+        (conf / "master.cf").write_text(master)
+        (conf / "main.cf").write_text(
+            POSTFIX_MAIN_CF.format(root=root, sink_ip=SINK_IP, sink_port=sink.port)
+        )
+        self._postfix("start")
+        wait_for_port("127.0.0.1", self.port)
+
+    def _postfix(self, verb: str) -> None:
+        subprocess.run(
+            ["postfix", "-c", str(self.root / "conf"), verb],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        self._postfix("stop")
+
+
+if __name__ == "__main__":
+    main()
