@@ -11,17 +11,17 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.resolver
 
 from gateway.testing.net import free_port
+from gateway.testing.service import Service
 
 _SOA = "@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns.{zone}.\n"
 
 
-class DnsServer:
+class DnsServer(Service):
     def __init__(
         self,
         zones: dict[str, list[str]],
@@ -102,14 +102,3 @@ class DnsServer:
                 self._proc.wait()
             self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

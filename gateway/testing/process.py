@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from gateway.testing.net import free_port, wait_for_port
+from gateway.testing.service import Service
 
 
 def dump_toml(config: dict[str, dict[str, Any]]) -> str:
@@ -38,7 +38,7 @@ def _toml_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 
 
-class GatewayProcess:
+class GatewayProcess(Service):
     """`gateway run` in a subprocess; logs go to `<workdir>/gateway.log`."""
 
     def __init__(self, workdir: Path, config: dict[str, dict[str, Any]], port: int | None = None):
@@ -80,11 +80,15 @@ class GatewayProcess:
         return self._proc.pid
 
     def stop(self, timeout: float = 40.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait (SIGKILL if it hangs); returns the exit code."""
         if self._proc is None:
             return 0
         self._proc.send_signal(signal.SIGTERM)
-        code = self._proc.wait(timeout)
+        try:
+            code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
         self._proc = None
         return code
 
@@ -121,21 +125,6 @@ class GatewayProcess:
     def spool_files(self) -> list[str]:
         queue = Path(self.config["node"]["data_dir"]) / "spool" / "queue"
         return sorted(p.name for p in queue.iterdir()) if queue.exists() else []
-
-    def __enter__(self) -> GatewayProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._proc is not None:
-            try:
-                self.stop()
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from gateway.testing.service import Service
 
 RcptPolicy = Callable[[str, int], str | None]
 """(recipient, how many times it was offered so far) -> reply, or None to accept."""
@@ -62,7 +63,7 @@ class _Handler:
         return "250 2.0.0 OK accepted"
 
 
-class Receiver:
+class Receiver(Service):
     """An SMTP server on ip:port that records every message it accepts."""
 
     def __init__(
@@ -108,19 +109,8 @@ class Receiver:
                 raise TimeoutError(f"{self.ip} got {len(self.messages)} of {count} messages")
             time.sleep(0.05)
 
-    def __enter__(self) -> Receiver:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RefusingServer:
+class RefusingServer(Service):
     """A server that answers every connection with one reply and hangs up
     (e.g. a 554 greeting: "no SMTP service here")."""
 
@@ -148,14 +138,3 @@ class RefusingServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def __enter__(self) -> RefusingServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
