@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socketserver
+import ssl
 import threading
 import time
 from collections import Counter
@@ -25,11 +26,22 @@ class Received:
     rcpt_tos: list[str]
     content: bytes
     peer: str
+    client_port: int = 0
+    tls: bool = False
+    esmtp_params: tuple[str, ...] = ()
 
 
 class _Handler:
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.receiver.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -58,6 +70,9 @@ class _Handler:
                     list(envelope.rcpt_tos),
                     bytes(envelope.original_content or b""),
                     str(session.peer[0]),
+                    int(session.peer[1]),
+                    session.ssl is not None,
+                    tuple(envelope.mail_options),
                 )
             )
         return "250 2.0.0 OK accepted"
@@ -74,17 +89,25 @@ class Receiver(Service):
         rcpt_policy: RcptPolicy | None = None,
         data_policy: Callable[[Any], str | None] | None = None,
         data_delay: float = 0.0,
+        pipelining: bool = True,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ip = ip
         self.port = port
         self.rcpt_policy = rcpt_policy
         self.data_policy = data_policy
         self.data_delay = data_delay
+        self.pipelining = pipelining
         self.lock = threading.Lock()
         self.messages: list[Received] = []
         self.offered: Counter[str] = Counter()
         self._controller = Controller(
-            _Handler(self), hostname=ip, port=port, enable_SMTPUTF8=True, ready_timeout=10
+            _Handler(self),
+            hostname=ip,
+            port=port,
+            enable_SMTPUTF8=True,
+            ready_timeout=10,
+            tls_context=tls_context,
         )
 
     def start(self) -> Receiver:
