@@ -106,11 +106,13 @@ class DeliveryEngine:
         for domain in list(self._ready):
             queue = self._ready[domain]
             if not queue:
-                if not self._active[domain]:
+                if not self._active.get(domain):
                     del self._ready[domain]
                 continue
             wanted = min(len(queue), limits.max_connections_per_destination)
-            while self._active[domain] < wanted and self._total_active < limits.max_connections:
+            while (
+                self._active.get(domain, 0) < wanted and self._total_active < limits.max_connections
+            ):
                 self._active[domain] += 1
                 self._total_active += 1
                 task = asyncio.create_task(self._session(domain), name=f"deliver:{domain}")
@@ -137,6 +139,8 @@ class DeliveryEngine:
             event("delivery_session_error", logging.ERROR, exc=True, domain=domain)
         finally:
             self._active[domain] -= 1
+            if not self._active[domain]:
+                del self._active[domain]
             self._total_active -= 1
             self._wake.set()
 
@@ -204,8 +208,11 @@ class DeliveryEngine:
         if not indices:
             return
         env = message.envelope
-        body = await self._spool.read_body(job.qid)
-        started = time.monotonic()
+        try:
+            body = await self._spool.read_body(job.qid)
+        except OSError as exc:
+            await self._fail_job(job, "deferred", "4.3.0", f"spool read failed: {exc}", "")
+            return
         try:
             result = await conn.send(
                 env.sender,
@@ -218,7 +225,7 @@ class DeliveryEngine:
             outcomes = [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in indices]
         else:
             outcomes = classify(indices, result, host.name)
-        await self._complete(message, job.domain, outcomes, body, conn.peer, started)
+        await self._complete(message, job.domain, outcomes, body, conn.peer)
 
     async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
         message = self._messages.get(job.qid)
@@ -226,7 +233,7 @@ class DeliveryEngine:
             return
         indices = [i for i in job.rcpts if message.recipients[i].status == "pending"]
         outcomes = [Outcome(i, kind, status, reply, remote) for i in indices]
-        await self._complete(message, job.domain, outcomes, None, "", time.monotonic())
+        await self._complete(message, job.domain, outcomes, None, "")
 
     # -- outcomes --------------------------------------------------------------
 
@@ -237,7 +244,6 @@ class DeliveryEngine:
         outcomes: list[Outcome],
         body: bytes | None,
         peer_ip: str,
-        started: float,
     ) -> None:
         env = message.envelope
         now = time.time()
@@ -295,7 +301,7 @@ class DeliveryEngine:
         if message.done:
             await self._spool.remove(env.qid)
             self._messages.pop(env.qid, None)
-            event("finished", qid=env.qid, seconds=round(time.monotonic() - started, 3))
+            event("finished", qid=env.qid, seconds_in_queue=round(now - env.received_at, 3))
 
     async def _send_dsn(
         self, message: SpooledMessage, failures: list[Failure], body: bytes | None, now: float
