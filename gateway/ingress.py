@@ -159,6 +159,11 @@ class IngressHandler:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self._networks)
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug or an unexpected fault in a session: temporary failure, never a crash."""
+        event("session_error", logging.ERROR, exc=True, error=repr(error))
+        return "451 4.3.0 Internal error; try again later"
+
     async def handle_EHLO(
         self,
         server: SMTP,

@@ -20,6 +20,7 @@ rename that came before it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -171,7 +172,8 @@ class Spool:
             os.rename(tmp_path, self.queue / envelope.qid)
             self._dirsync.sync()
         except OSError as exc:
-            tmp_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp_path.unlink(missing_ok=True)
             raise SpoolError(f"cannot store {envelope.qid}: {exc.strerror or exc}") from exc
 
     async def record(self, qid: str, records: list[dict[str, Any]]) -> None:

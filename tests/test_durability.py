@@ -98,3 +98,28 @@ def test_sigterm_finishes_cleanly_with_empty_queue(
     gw = GatewayProcess(tmp_path, base_config).start()
     assert gw.stop() == 0
     assert gw.wait_event("stopped")["queued"] == 0
+
+
+def test_spool_write_failure_is_451_and_recovers(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    import shutil
+    import smtplib
+
+    with GatewayProcess(tmp_path, base_config) as gw:
+        tmp_dir = Path(gw.config["node"]["data_dir"]) / "spool" / "tmp"
+        shutil.rmtree(tmp_dir)
+        tmp_dir.write_bytes(b"")  # writes under spool/tmp now fail (ENOTDIR), as on a bad disk
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as c:
+            c.ehlo("client.test")
+            c.mail("app@sender.test")
+            c.rcpt("x@down.test")
+            code, msg = c.data(b"Subject: lost?\r\n\r\nno\r\n")
+            assert (code, msg[:5]) == (451, b"4.3.0")
+            tmp_dir.unlink()
+            tmp_dir.mkdir()
+            c.mail("app@sender.test")
+            c.rcpt("x@down.test")
+            code, msg = c.data(b"Subject: retry\r\n\r\nyes\r\n")
+            assert code == 250
+        assert gw.wait_event("spool_failed")["error"]
