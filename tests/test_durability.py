@@ -123,3 +123,27 @@ def test_spool_write_failure_is_451_and_recovers(
             code, msg = c.data(b"Subject: retry\r\n\r\nyes\r\n")
             assert code == 250
         assert gw.wait_event("spool_failed")["error"]
+
+
+def test_sigterm_lets_open_transaction_finish(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    import signal
+    import socket
+
+    gw = GatewayProcess(tmp_path, base_config).start()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<late@down.test>\r\nDATA\r\n")
+    while not f.readline().startswith(b"354"):
+        pass
+    sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    gw.send_signal(signal.SIGTERM)
+    gw.wait_event("stopping")
+    sock.sendall(b"second half\r\n.\r\n")
+    reply = f.readline()
+    assert reply.startswith(b"250 2.0.0 Ok: queued as "), reply
+    qid = reply.split()[-1].decode()
+    assert f.readline().startswith(b"421 4.3.2")  # then the session is closed
+    sock.close()
+    assert gw.stop() == 0
+    assert qid in gw.spool_files()

@@ -92,6 +92,10 @@ class GatewayProcess(Service):
         self._proc = None
         return code
 
+    def send_signal(self, sig: int) -> None:
+        assert self._proc is not None, "not running"
+        self._proc.send_signal(sig)
+
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self._proc is not None:
