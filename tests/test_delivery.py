@@ -203,3 +203,23 @@ def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> No
     assert b"\n" not in got.content.replace(b"\r\n", b"")
     received = gateway.wait_event("received", qid=qid)
     assert received["bare_lf"] == 5
+
+
+def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a resolver that never answers
+    silent.bind(("127.0.0.1", 0))
+    config = {
+        "dns": {"nameservers": ["127.0.0.1"], "port": silent.getsockname()[1], "timeout": "1s"},
+        "retry": {"first_interval": "1s", "jitter": 0.0},
+    }
+    try:
+        with GatewayProcess(tmp_path_factory.mktemp("dnstimeout"), config) as gw:
+            qid = send(gw.port, "app@sender.test", ["slowdns@good.test"])
+            event = gw.wait_event("deferred", qid=qid, attempts=1)
+            assert event["status"] == "4.4.3"
+            gw.wait_event("deferred", qid=qid, attempts=2)
+            assert not gw.events("bounced")
+    finally:
+        silent.close()
