@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,8 +44,6 @@ class Mx:
 
     def dsns_about(self, rcpt: str, count: int = 1, timeout: float = 15.0) -> list[Any]:
         """DSNs that reached the sender domain's MX and name `rcpt`."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             found = [

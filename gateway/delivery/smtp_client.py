@@ -59,9 +59,9 @@ class SmtpError(Exception):
 
 @dataclass
 class SendResult:
-    """Per-recipient replies (same order as given) and the final DATA reply."""
+    """Per-recipient replies (same order as given; a refused MAIL stands for every
+    recipient) and the final DATA reply, None when DATA was never sent."""
 
-    mail: Reply
     rcpts: list[Reply]
     data: Reply | None
 
@@ -211,14 +211,14 @@ class SmtpConnection:
         mail_reply = replies[0]
         if not mail_reply.ok:
             await self.rset()
-            return SendResult(mail_reply, [mail_reply] * len(recipients), None)
+            return SendResult([mail_reply] * len(recipients), None)
         rcpt_replies = replies[1:]
         if not any(r.ok for r in rcpt_replies):
             await self.rset()
-            return SendResult(mail_reply, rcpt_replies, None)
+            return SendResult(rcpt_replies, None)
         reply = await self.command("DATA", t.data_init)
         if reply.code != 354:
-            return SendResult(mail_reply, rcpt_replies, reply)
+            return SendResult(rcpt_replies, reply)
         payload = _core.dot_stuff(data)
         self._write(payload)
         try:
@@ -226,7 +226,7 @@ class SmtpConnection:
         except (TimeoutError, OSError) as exc:
             self.broken = True
             raise SmtpError(f"sending data to {self.peer} failed: {exc or 'timeout'}") from None
-        return SendResult(mail_reply, rcpt_replies, await self._read_reply(t.data_done))
+        return SendResult(rcpt_replies, await self._read_reply(t.data_done))
 
     async def rset(self) -> None:
         reply = await self.command("RSET", self._timeouts.mail)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socketserver
 import ssl
 import threading
@@ -58,8 +57,6 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         r = self.receiver
-        if r.data_delay:
-            await asyncio.sleep(r.data_delay)  # a slow MX
         reply = r.data_policy(envelope) if r.data_policy else None
         if reply:
             return reply
@@ -88,7 +85,6 @@ class Receiver(Service):
         *,
         rcpt_policy: RcptPolicy | None = None,
         data_policy: Callable[[Any], str | None] | None = None,
-        data_delay: float = 0.0,
         pipelining: bool = True,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -96,7 +92,6 @@ class Receiver(Service):
         self.port = port
         self.rcpt_policy = rcpt_policy
         self.data_policy = data_policy
-        self.data_delay = data_delay
         self.pipelining = pipelining
         self.lock = threading.Lock()
         self.messages: list[Received] = []
