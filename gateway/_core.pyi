@@ -1,18 +1,43 @@
 """Type stubs for the Rust extension (rust/python). Checked by mypy.stubtest."""
 
+from collections.abc import Sequence
 from typing import final
 
 __all__ = [
+    "DEFAULT_SIGNED_HEADERS",
+    "LINT_CODES",
     "MAX_LINE_OCTETS",
+    "CoreError",
+    "DkimKeyError",
+    "DkimSignError",
+    "DkimSigner",
+    "Finding",
     "MessageScan",
+    "MessageView",
+    "MimePart",
+    "PreparedMessage",
     "__version__",
     "dot_stuff",
     "new_queue_id",
+    "parse_message",
+    "prepare_message",
     "scan_message",
+    "sign_message",
 ]
 
 __version__: str
 MAX_LINE_OCTETS: int
+DEFAULT_SIGNED_HEADERS: list[str]
+LINT_CODES: list[str]
+
+class CoreError(RuntimeError):
+    """An internal fault in the Rust core (a bug); the operation did not happen."""
+
+class DkimKeyError(ValueError):
+    """A DKIM key or signer setting that cannot be used."""
+
+class DkimSignError(RuntimeError):
+    """Signing a message failed."""
 
 @final
 class MessageScan:
@@ -47,3 +72,130 @@ def dot_stuff(data: bytes) -> bytes:
 
 def new_queue_id() -> str:
     """A 16-character queue ID, unique and sortable by creation time."""
+
+@final
+class MimePart:
+    """One node of the MIME tree; parts are numbered depth-first, 0 is the root."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def charset(self) -> str | None: ...
+    @property
+    def disposition(self) -> str | None: ...
+    @property
+    def filename(self) -> str | None: ...
+    @property
+    def transfer_encoding(self) -> str | None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def raw_size(self) -> int: ...
+    @property
+    def children(self) -> list[int]: ...
+    @property
+    def encoding_problem(self) -> bool: ...
+
+@final
+class MessageView:
+    """A parsed, read-only message. Values borrow from one copy of the bytes."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+    @property
+    def author_domains(self) -> list[str]: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def date(self) -> int | None: ...
+    def headers(self) -> list[tuple[str, bytes, str]]:
+        """Every top-level header as (name, raw value, decoded value)."""
+    def get(self, name: str) -> str | None:
+        """Decoded value of the first header with this name, or None."""
+    def get_all(self, name: str) -> list[str]:
+        """Decoded values of every header with this name."""
+    def addresses(self, field: str) -> list[tuple[str | None, str | None]]:
+        """(display name, address) pairs of From, Sender, Reply-To, To or Cc."""
+    def parts(self) -> list[MimePart]:
+        """The MIME tree flattened depth-first."""
+    def part_text(self, part_id: int) -> str | None:
+        """Decoded text of a text or HTML part."""
+    def part_bytes(self, part_id: int) -> bytes | None:
+        """Decoded body of a part; None for multiparts and unknown ids."""
+
+@final
+class Finding:
+    """One lint finding: a code from LINT_CODES, details, and whether it was fixed."""
+
+    @property
+    def code(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def fixed(self) -> bool: ...
+
+@final
+class PreparedMessage:
+    """A message after prepare_message."""
+
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def view(self) -> MessageView: ...
+    @property
+    def scan(self) -> MessageScan: ...
+    @property
+    def findings(self) -> list[Finding]: ...
+
+@final
+class DkimSigner:
+    """A private key loaded for one (domain, selector), ready to sign."""
+
+    def __new__(
+        cls,
+        key_pem: bytes,
+        domain: str,
+        selector: str,
+        *,
+        headers: Sequence[str] | None = None,
+        header_canonicalization: str = "relaxed",
+        body_canonicalization: str = "relaxed",
+        expiration: int = 0,
+    ) -> DkimSigner: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def headers(self) -> list[str]: ...
+    def dns_record(self) -> str:
+        """The TXT record to publish at <selector>._domainkey.<domain>."""
+    def sign(self, data: bytes) -> str:
+        """The DKIM-Signature header field for data, ending in CRLF; GIL released."""
+
+def parse_message(data: bytes) -> MessageView:
+    """Parse a message; the GIL is released while parsing."""
+
+def prepare_message(
+    data: bytes,
+    *,
+    smtputf8: bool = False,
+    message_id: str | None = None,
+    date: str | None = None,
+) -> PreparedMessage:
+    """Normalise, parse, lint, and add Date / Message-ID / MIME-Version when missing."""
+
+def sign_message(data: bytes, signers: Sequence[DkimSigner]) -> bytes:
+    """data with one DKIM-Signature per signer prepended; GIL released."""

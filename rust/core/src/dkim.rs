@@ -290,7 +290,10 @@ fn der_length(len: usize, out: &mut Vec<u8>) {
         out.push(len as u8);
     } else {
         let bytes = len.to_be_bytes();
-        let skip = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+        let skip = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(bytes.len() - 1);
         out.push(0x80 | (bytes.len() - skip) as u8);
         out.extend_from_slice(&bytes[skip..]);
     }
@@ -320,7 +323,9 @@ fn read_der_length(data: &[u8]) -> Option<(usize, &[u8])> {
     if n == 0 || n > std::mem::size_of::<usize>() || rest.len() < n {
         return None;
     }
-    let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+    let len = rest[..n]
+        .iter()
+        .fold(0usize, |acc, b| (acc << 8) | *b as usize);
     Some((len, &rest[n..]))
 }
 
@@ -346,14 +351,18 @@ mod tests {
         SignerConfig {
             domain: "example.com".into(),
             selector: "s1".into(),
-            headers: DEFAULT_SIGNED_HEADERS.iter().map(|h| h.to_string()).collect(),
+            headers: DEFAULT_SIGNED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
             header_canonicalization: Canonicalization::Relaxed,
             body_canonicalization: Canonicalization::Relaxed,
             expiration: 0,
         }
     }
 
-    const MESSAGE: &[u8] = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
+    const MESSAGE: &[u8] =
+        b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n";
 
     #[test]
     fn rsa_signature_has_the_expected_tags() {
@@ -361,12 +370,19 @@ mod tests {
         assert_eq!(signer.bits(), 2048);
         assert_eq!(signer.algorithm(), KeyAlgorithm::Rsa);
         let header = signer.sign(MESSAGE).unwrap();
-        assert!(header.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=s1; d=example.com; c=relaxed/relaxed;"));
+        assert!(header.starts_with(
+            "DKIM-Signature: v=1; a=rsa-sha256; s=s1; d=example.com; c=relaxed/relaxed;"
+        ));
         assert!(header.ends_with(";\r\n"));
         let unfolded = header.replace("\r\n\t", " ");
         // Present headers bottom-up, then the absent ones (From again: oversigned).
-        assert!(unfolded.contains("h=Subject:To:From:From:Reply-To:Sender:"), "{unfolded}");
-        assert!(signer.dns_record().starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"));
+        assert!(
+            unfolded.contains("h=Subject:To:From:From:Reply-To:Sender:"),
+            "{unfolded}"
+        );
+        assert!(signer
+            .dns_record()
+            .starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"));
     }
 
     #[test]
@@ -397,14 +413,26 @@ mod tests {
         let h = effective_headers(&["Subject"]);
         assert_eq!(
             h,
-            ["Subject", "From", "List-Unsubscribe", "List-Unsubscribe-Post", "From"]
+            [
+                "Subject",
+                "From",
+                "List-Unsubscribe",
+                "List-Unsubscribe-Post",
+                "From"
+            ]
         );
-        assert_eq!(effective_headers(&DEFAULT_SIGNED_HEADERS[..]).len(), DEFAULT_SIGNED_HEADERS.len());
+        assert_eq!(
+            effective_headers(DEFAULT_SIGNED_HEADERS).len(),
+            DEFAULT_SIGNED_HEADERS.len()
+        );
     }
 
     #[test]
     fn canonicalization_names() {
-        assert_eq!(parse_canonicalization("simple"), Ok(Canonicalization::Simple));
+        assert_eq!(
+            parse_canonicalization("simple"),
+            Ok(Canonicalization::Simple)
+        );
         assert!(parse_canonicalization("loose").is_err());
     }
 }

@@ -189,9 +189,7 @@ pub fn prepare(raw: &[u8], options: &FixOptions<'_>) -> Prepared {
                 continue;
             }
             "missing-date" => options.date.map(|d| format!("Date: {d}\r\n")),
-            "missing-message-id" => options
-                .message_id
-                .map(|id| format!("Message-ID: {id}\r\n")),
+            "missing-message-id" => options.message_id.map(|id| format!("Message-ID: {id}\r\n")),
             "missing-mime-version" => Some("MIME-Version: 1.0\r\n".to_owned()),
             _ => None,
         };
@@ -260,16 +258,16 @@ mod tests {
         assert_eq!(p.scan.size, text.len());
         assert_eq!(&text[p.scan.body_offset.unwrap()..], "body\r\n");
         // Re-linting the fixed message finds only what the scan recorded of the input.
-        let again: Vec<_> = lint(&p.message, &p.scan, false).iter().map(|f| f.code).collect();
+        let again: Vec<_> = lint(&p.message, &p.scan, false)
+            .iter()
+            .map(|f| f.code)
+            .collect();
         assert_eq!(again, ["bare-line-endings"]);
     }
 
     #[test]
     fn without_fix_values_findings_are_reported_not_fixed() {
-        let p = prepare(
-            b"From: a@example.com\r\n\r\nx\r\n",
-            &FixOptions::default(),
-        );
+        let p = prepare(b"From: a@example.com\r\n\r\nx\r\n", &FixOptions::default());
         assert_eq!(codes(&p), ["missing-date", "missing-message-id"]);
         assert!(p.findings.iter().all(|f| !f.fixed));
     }
@@ -306,6 +304,37 @@ mod tests {
         let raw = "From: a@example.com, b@example.com\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\ncafé\r\n";
         let p = prepare(raw.as_bytes(), &FIX_ALL);
         assert_eq!(codes(&p), ["multiple-from"]);
+    }
+
+    /// Inputs the fuzzer found; each must keep the `prepare` invariants.
+    #[test]
+    fn fuzz_regressions() {
+        let options = FixOptions {
+            smtputf8: false,
+            ..FIX_ALL
+        };
+        for entry in
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/regressions")).unwrap()
+        {
+            let path = entry.unwrap().path();
+            let p = prepare(&std::fs::read(&path).unwrap(), &options);
+            let again: Vec<_> = lint(&p.message, &p.scan, false)
+                .iter()
+                .map(|f| f.code)
+                .collect();
+            for fixed in p
+                .findings
+                .iter()
+                .filter(|f| f.fixed && f.code != "bare-line-endings")
+            {
+                assert!(
+                    !again.contains(&fixed.code),
+                    "{}: {} not fixed",
+                    path.display(),
+                    fixed.code
+                );
+            }
+        }
     }
 
     #[test]

@@ -20,8 +20,15 @@ self_cell!(
     }
 );
 
-/// `None` when the input has no header section at all.
-type Parsed<'a> = Option<Message<'a>>;
+/// Two parses of the same bytes. `header` stops at the end of the top-level
+/// header section; `full` includes bodies. Header accessors read `header`
+/// because mail-parser 0.11 can attach a nested part's headers to the root
+/// when it recovers from a malformed multipart (found by fuzzing).
+/// Each is `None` when the input has no header section at all.
+struct Parsed<'a> {
+    header: Option<Message<'a>>,
+    full: Option<Message<'a>>,
+}
 
 fn parser() -> &'static MessageParser {
     static PARSER: OnceLock<MessageParser> = OnceLock::new();
@@ -164,7 +171,10 @@ impl ParsedMessage {
     /// Parse a whole message, bodies included.
     pub fn parse(data: Vec<u8>) -> Self {
         Self {
-            inner: OwnedMessage::new(data, |raw| parser().parse(raw)),
+            inner: OwnedMessage::new(data, |raw| Parsed {
+                header: parser().parse_headers(raw),
+                full: parser().parse(raw),
+            }),
         }
     }
 
@@ -172,8 +182,14 @@ impl ParsedMessage {
         self.inner.borrow_owner()
     }
 
+    /// The top-level headers (no bodies).
     fn message(&self) -> Option<&Message<'_>> {
-        self.inner.borrow_dependent().as_ref()
+        self.inner.borrow_dependent().header.as_ref()
+    }
+
+    /// The whole MIME structure.
+    fn full(&self) -> Option<&Message<'_>> {
+        self.inner.borrow_dependent().full.as_ref()
     }
 
     /// Every top-level header field, in order.
@@ -223,7 +239,7 @@ impl ParsedMessage {
     }
 
     /// Domains of the From mailboxes, lower-cased, without duplicates.
-    pub fn from_domains(&self) -> Vec<String> {
+    pub fn author_domains(&self) -> Vec<String> {
         let mut domains: Vec<String> = Vec::new();
         for domain in self
             .addresses(AddressField::From)
@@ -254,7 +270,7 @@ impl ParsedMessage {
 
     /// The MIME part tree, flattened depth-first (a nested message is one part).
     pub fn parts(&self) -> Vec<PartInfo> {
-        let Some(message) = self.message() else {
+        let Some(message) = self.full() else {
             return Vec::new();
         };
         message
@@ -309,7 +325,7 @@ impl ParsedMessage {
 
     /// The decoded text of a text or HTML part (converted to UTF-8).
     pub fn part_text(&self, id: usize) -> Option<Cow<'_, str>> {
-        match &self.message()?.parts.get(id)?.body {
+        match &self.full()?.parts.get(id)?.body {
             PartType::Text(t) | PartType::Html(t) => Some(Cow::Borrowed(t.as_ref())),
             _ => None,
         }
@@ -317,7 +333,7 @@ impl ParsedMessage {
 
     /// The decoded body of a leaf part, or the raw bytes of a nested message.
     pub fn part_bytes(&self, id: usize) -> Option<&[u8]> {
-        match &self.message()?.parts.get(id)?.body {
+        match &self.full()?.parts.get(id)?.body {
             PartType::Text(t) | PartType::Html(t) => Some(t.as_bytes()),
             PartType::Binary(b) | PartType::InlineBinary(b) => Some(b.as_ref()),
             PartType::Message(m) => Some(m.raw_message.as_ref()),
@@ -327,7 +343,7 @@ impl ParsedMessage {
 
     /// The transmitted (still encoded) body of a part, for 8-bit checks.
     pub fn part_raw_body(&self, id: usize) -> Option<&[u8]> {
-        let part = self.message()?.parts.get(id)?;
+        let part = self.full()?.parts.get(id)?;
         let raw = self.raw();
         let start = (part.offset_body as usize).min(raw.len());
         let end = (part.offset_end as usize).clamp(start, raw.len());
@@ -380,7 +396,7 @@ aGVsbG8=\r\n\
             .filter_map(|a| a.address)
             .collect();
         assert_eq!(to, ["a@example.org", "b@example.org", "c@example.org"]);
-        assert_eq!(m.from_domains(), ["example.com"]);
+        assert_eq!(m.author_domains(), ["example.com"]);
         assert_eq!(m.message_id(), Some("abc@example.com"));
         assert_eq!(m.date(), Some(1_795_428_000));
     }
@@ -405,7 +421,7 @@ aGVsbG8=\r\n\
     fn garbage_and_empty_input_give_an_empty_view() {
         for input in [&b""[..], b"\r\n\r\n", b"\xff\xfe\x00garbage"] {
             let m = ParsedMessage::parse(input.to_vec());
-            let _ = (m.headers(), m.parts(), m.from_domains(), m.subject());
+            let _ = (m.headers(), m.parts(), m.author_domains(), m.subject());
         }
     }
 }

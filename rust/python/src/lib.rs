@@ -1,96 +1,16 @@
 //! `gateway._core`: the thin PyO3 layer over `gateway-core`.
 //!
 //! Only conversions live here. Per-byte work runs with the GIL released
-//! (`Python::detach`) so the asyncio loop keeps serving SMTP meanwhile.
+//! (`Python::detach`) so the asyncio loop keeps serving SMTP meanwhile, and
+//! every call into the core is guarded so a panic becomes `CoreError`.
 
-use gateway_core::{
-    dot_stuff as core_dot_stuff, scan_and_normalize, MessageScan as CoreScan, QueueIdGenerator,
-};
+mod dkim;
+mod errors;
+mod prepare;
+mod scan;
+mod view;
+
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-use std::sync::OnceLock;
-
-/// Facts about a received message, measured after line-ending normalisation.
-#[pyclass(frozen, get_all, module = "gateway._core")]
-#[derive(Debug, Clone)]
-struct MessageScan {
-    size: usize,
-    lines: usize,
-    bare_lf: usize,
-    bare_cr: usize,
-    longest_line: usize,
-    long_lines: usize,
-    has_8bit: bool,
-    header_8bit: bool,
-    has_nul: bool,
-    body_offset: Option<usize>,
-}
-
-impl From<CoreScan> for MessageScan {
-    fn from(s: CoreScan) -> Self {
-        Self {
-            size: s.size,
-            lines: s.lines,
-            bare_lf: s.bare_lf,
-            bare_cr: s.bare_cr,
-            longest_line: s.longest_line,
-            long_lines: s.long_lines,
-            has_8bit: s.has_8bit,
-            header_8bit: s.header_8bit,
-            has_nul: s.has_nul,
-            body_offset: s.body_offset,
-        }
-    }
-}
-
-#[pymethods]
-impl MessageScan {
-    fn __repr__(&self) -> String {
-        format!("{self:?}")
-    }
-}
-
-/// Normalise line endings to CRLF and scan the message; returns the
-/// (possibly unchanged) bytes and a `MessageScan`.
-#[pyfunction]
-fn scan_message<'py>(
-    py: Python<'py>,
-    data: &Bound<'py, PyBytes>,
-) -> (Bound<'py, PyBytes>, MessageScan) {
-    let raw = data.as_bytes();
-    let (changed, scan) = py.detach(|| {
-        let (out, scan) = scan_and_normalize(raw);
-        let changed = match out {
-            std::borrow::Cow::Borrowed(_) => None,
-            std::borrow::Cow::Owned(v) => Some(v),
-        };
-        (changed, scan)
-    });
-    let bytes = match changed {
-        Some(v) => PyBytes::new(py, &v),
-        None => data.clone(),
-    };
-    (bytes, scan.into())
-}
-
-/// The DATA payload for a message: dot-stuffed, ending in CRLF.CRLF.
-#[pyfunction]
-fn dot_stuff<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> Bound<'py, PyBytes> {
-    let raw = data.as_bytes();
-    let out = py.detach(|| core_dot_stuff(raw));
-    PyBytes::new(py, &out)
-}
-
-fn generator() -> &'static QueueIdGenerator {
-    static GEN: OnceLock<QueueIdGenerator> = OnceLock::new();
-    GEN.get_or_init(QueueIdGenerator::new)
-}
-
-/// A new queue ID: 16 characters, unique, sortable by creation time.
-#[pyfunction]
-fn new_queue_id() -> String {
-    generator().next_id()
-}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -99,9 +19,23 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "MAX_LINE_OCTETS",
         gateway_core::message_scan::MAX_LINE_OCTETS,
     )?;
-    m.add_class::<MessageScan>()?;
-    m.add_function(wrap_pyfunction!(scan_message, m)?)?;
-    m.add_function(wrap_pyfunction!(new_queue_id, m)?)?;
-    m.add_function(wrap_pyfunction!(dot_stuff, m)?)?;
+    m.add(
+        "DEFAULT_SIGNED_HEADERS",
+        gateway_core::dkim::DEFAULT_SIGNED_HEADERS.to_vec(),
+    )?;
+    m.add("LINT_CODES", gateway_core::lint::FINDING_CODES.to_vec())?;
+    errors::register(m)?;
+    m.add_class::<scan::MessageScan>()?;
+    m.add_class::<view::MessageView>()?;
+    m.add_class::<view::MimePart>()?;
+    m.add_class::<prepare::Finding>()?;
+    m.add_class::<prepare::PreparedMessage>()?;
+    m.add_class::<dkim::DkimSigner>()?;
+    m.add_function(wrap_pyfunction!(scan::scan_message, m)?)?;
+    m.add_function(wrap_pyfunction!(scan::new_queue_id, m)?)?;
+    m.add_function(wrap_pyfunction!(scan::dot_stuff, m)?)?;
+    m.add_function(wrap_pyfunction!(view::parse_message, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare::prepare_message, m)?)?;
+    m.add_function(wrap_pyfunction!(dkim::sign_message, m)?)?;
     Ok(())
 }
