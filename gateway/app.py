@@ -10,8 +10,10 @@ from gateway import __version__
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
+from gateway.dkim import KeyStore
 from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
 from gateway.log import event
+from gateway.pipeline import MessagePipeline
 from gateway.spool import Spool
 
 SHUTDOWN_GRACE_SECONDS = 30.0
@@ -22,7 +24,9 @@ class Gateway:
         self.config = config
         self.spool = Spool(config.spool_dir)
         self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns))
-        self.handler = IngressHandler(config, self.spool, self.engine.submit)
+        self.keys = KeyStore(config.dkim)
+        self.pipeline = MessagePipeline(config, self.keys)
+        self.handler = IngressHandler(config, self.spool, self.engine.submit, self.pipeline)
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
 
@@ -48,6 +52,19 @@ class Gateway:
             recovered=recovered,
         )
 
+    def reload(self) -> None:
+        """SIGHUP: reload every DKIM key file."""
+        event("reload", keys=self.keys.reload(force=True))
+
+    async def _watch_keys(self) -> None:
+        """Pick up rotated DKIM key files without a signal."""
+        interval = self.config.dkim.reload_interval
+        if interval <= 0 or not self.keys.signers:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self.keys.reload()
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -56,8 +73,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         delivery = asyncio.create_task(self.engine.run(), name="delivery")
+        watcher = asyncio.create_task(self._watch_keys(), name="dkim-key-watch")
         await self._stop.wait()
         event("stopping", queued=self.engine.queued_messages)
         for server in self._servers:
@@ -65,7 +84,9 @@ class Gateway:
         await drain_sessions(self.handler, SHUTDOWN_GRACE_SECONDS)
         await self.engine.stop(SHUTDOWN_GRACE_SECONDS)
         delivery.cancel()
-        await asyncio.gather(delivery, return_exceptions=True)
+        watcher.cancel()
+        await asyncio.gather(delivery, watcher, return_exceptions=True)
+        self.pipeline.close()
         self.spool.close()
         event("stopped", logging.INFO, queued=self.engine.queued_messages)
 

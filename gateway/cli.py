@@ -1,4 +1,4 @@
-"""Command line: `gateway run`, `gateway check-config`."""
+"""Command line: `gateway run`, `gateway check-config`, `gateway dkim-records`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.config import ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config
+from gateway.dkim import KeyLoadError, KeyStore
 from gateway.log import setup_logging
 
 
@@ -15,19 +16,33 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway (embedded defaults without --config)")
     run.add_argument("--config", type=Path, help="TOML configuration file")
-    check = sub.add_parser("check-config", help="validate a configuration file")
+    check = sub.add_parser("check-config", help="validate a configuration file and its DKIM keys")
     check.add_argument("file", type=Path)
+    records = sub.add_parser("dkim-records", help="print the DNS TXT record of every DKIM key")
+    records.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    path = args.config if args.command == "run" else args.file
+    path = args.file if args.command == "check-config" else args.config
     try:
         config = load_config(path)
-    except ConfigError as exc:
+        keys = KeyStore(config.dkim)
+    except (ConfigError, KeyLoadError) as exc:
         print(f"gateway: configuration error in {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{path}: OK")
+        print(f"{path}: OK ({len(keys.signers)} DKIM keys)")
         return 0
+    if args.command == "dkim-records":
+        for signer in keys.signers:
+            name = f"{signer.selector}._domainkey.{signer.domain}."
+            print(
+                f'{name} IN TXT "{signer.dns_record()}"  ; {signer.algorithm}, {signer.bits} bits'
+            )
+        return 0
+    return _run(config)
+
+
+def _run(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     from gateway.app import run as run_gateway
 

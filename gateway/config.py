@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from gateway._core import DEFAULT_SIGNED_HEADERS, LINT_CODES
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -55,6 +57,10 @@ def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ValueError(f"port out of range in {value!r}")
     return host, number
+
+
+def _default_signed_headers() -> list[str]:
+    return list(DEFAULT_SIGNED_HEADERS)
 
 
 class _Section(BaseModel):
@@ -144,6 +150,55 @@ class RetryConfig(_Section):
     max_age: Duration = 5 * 86400.0
 
 
+class MessageConfig(_Section):
+    """Lint and fix-up of every relayed message, before it is signed."""
+
+    add_message_id: bool = True
+    add_date: bool = True
+    reject: list[str] = ["missing-from", "multiple-from"]
+
+    @field_validator("reject")
+    @classmethod
+    def _codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if code not in LINT_CODES:
+                raise ValueError(f"unknown lint code {code!r}; known: {', '.join(LINT_CODES)}")
+        return value
+
+
+class DkimKeyConfig(_Section):
+    """One private key: it signs as d=domain s=selector."""
+
+    domain: str
+    selector: str
+    key_file: Path
+    headers: list[str] | None = None
+
+
+class DkimConfig(_Section):
+    keys: list[DkimKeyConfig] = []
+    headers: list[str] = Field(default_factory=_default_signed_headers)
+    header_canonicalization: Literal["relaxed", "simple"] = "relaxed"
+    body_canonicalization: Literal["relaxed", "simple"] = "relaxed"
+    expiration: Duration = 0.0
+    sign_author_domain: bool = True
+    domain_map: dict[str, str] = {}
+    also_sign: list[str] = []
+    on_failure: Literal["relay", "defer", "reject"] = "relay"
+    threads: int = Field(default=0, ge=0)
+    reload_interval: Duration = 10.0
+
+    @field_validator("domain_map")
+    @classmethod
+    def _lowercase_map(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.lower().rstrip("."): v.lower().rstrip(".") for k, v in value.items()}
+
+    @field_validator("also_sign")
+    @classmethod
+    def _lowercase(cls, value: list[str]) -> list[str]:
+        return [v.lower().rstrip(".") for v in value]
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -155,6 +210,8 @@ class Config(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     dns: DnsConfig = DnsConfig()
     retry: RetryConfig = RetryConfig()
+    message: MessageConfig = MessageConfig()
+    dkim: DkimConfig = DkimConfig()
     log: LogConfig = LogConfig()
 
     @property

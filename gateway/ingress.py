@@ -18,9 +18,9 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import _core
 from gateway.config import Config
 from gateway.log import event
+from gateway.pipeline import MessagePipeline
 from gateway.spool import Envelope as SpoolEnvelope
 from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
 
@@ -141,9 +141,11 @@ class IngressHandler:
         config: Config,
         spool: Spool,
         submit: Callable[[SpooledMessage], None],
+        pipeline: MessagePipeline,
     ) -> None:
         self._config = config
         self._spool = spool
+        self._pipeline = pipeline
         self._submit = submit
         self._networks: list[Network] = [
             ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
@@ -214,13 +216,17 @@ class IngressHandler:
 
     async def _queue(self, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
-        data, scan = _core.scan_message(raw)
         qid = self._spool.new_qid()
         ip = _peer_ip(session)
         helo = session.host_name or ""
+        prepared = await self._pipeline.process(raw, qid=qid, smtputf8=bool(envelope.smtp_utf8))
+        if prepared.reply:
+            event("rejected", logging.WARNING, qid=qid, client=ip, reason=prepared.reply)
+            return prepared.reply
+        scan = prepared.scan
         now = time.time()
         trace = _received_header(self._config.node.hostname, helo, ip, qid, envelope, now)
-        data = trace + data
+        data = trace + prepared.data
         spooled = SpoolEnvelope(
             qid=qid,
             sender=_sender(envelope),
@@ -249,6 +255,8 @@ class IngressHandler:
             bare_lf=scan.bare_lf,
             bare_cr=scan.bare_cr,
             long_lines=scan.long_lines,
+            message_id=prepared.view.message_id,
+            dkim=prepared.signed_by,
         )
         return f"250 2.0.0 Ok: queued as {qid}"
 

@@ -193,7 +193,7 @@ def test_spool_is_empty_once_everything_is_final(gateway: GatewayProcess, mx: Mx
 
 
 def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> None:
-    data = b"Subject: bare lf\nMessage-ID: <lf@sender.test>\n\nline one\nline two\n"
+    data = b"From: a@sender.test\nSubject: bare lf\nMessage-ID: <lf@sender.test>\n\none\ntwo\n"
     qid = send(gateway.port, "app@sender.test", ["judy@good.test"], data)
     gateway.wait_event("delivered", qid=qid)
     (got,) = mx.good1.received_by("judy@good.test")
@@ -201,7 +201,7 @@ def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> No
     assert f"id {qid}".encode() in got.content
     assert b"\n" not in got.content.replace(b"\r\n", b"")
     received = gateway.wait_event("received", qid=qid)
-    assert received["bare_lf"] == 5
+    assert received["bare_lf"] == 6
 
 
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -114,13 +114,13 @@ def test_spool_write_failure_is_451_and_recovers(
             c.ehlo("client.test")
             c.mail("app@sender.test")
             c.rcpt("x@down.test")
-            code, msg = c.data(b"Subject: lost?\r\n\r\nno\r\n")
+            code, msg = c.data(b"From: a@sender.test\r\nSubject: lost?\r\n\r\nno\r\n")
             assert (code, msg[:5]) == (451, b"4.3.0")
             tmp_dir.unlink()
             tmp_dir.mkdir()
             c.mail("app@sender.test")
             c.rcpt("x@down.test")
-            code, msg = c.data(b"Subject: retry\r\n\r\nyes\r\n")
+            code, msg = c.data(b"From: a@sender.test\r\nSubject: retry\r\n\r\nyes\r\n")
             assert code == 250
         assert gw.wait_event("spool_failed")["error"]
 
@@ -136,7 +136,7 @@ def test_sigterm_lets_open_transaction_finish(tmp_path: Path, base_config: dict[
     sock.sendall(b"EHLO c\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<late@down.test>\r\nDATA\r\n")
     while not f.readline().startswith(b"354"):
         pass
-    sock.sendall(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    sock.sendall(b"From: a@sender.test\r\nSubject: in flight\r\n\r\nfirst half\r\n")
     gw.send_signal(signal.SIGTERM)
     gw.wait_event("stopping")
     sock.sendall(b"second half\r\n.\r\n")

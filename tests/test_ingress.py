@@ -155,7 +155,7 @@ def test_pipelined_client(gateway: GatewayProcess) -> None:
     )
     replies = [f.readline()[:3] for _ in range(4)]
     assert replies == [b"250", b"250", b"250", b"354"]
-    sock.sendall(b"Subject: piped\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    sock.sendall(b"From: a@sender.test\r\nSubject: piped\r\n\r\nhi\r\n.\r\nQUIT\r\n")
     assert f.readline().startswith(b"250 2.0.0 Ok: queued as ")
     assert f.readline().startswith(b"221")
     sock.close()

@@ -1,0 +1,34 @@
+"""Prometheus metrics of the gateway (names per docs/metrics.md).
+
+Defined here, in one place, so every module counts into the same registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LINT_FINDINGS = Counter(
+    "gateway_message_lint_findings_total",
+    "Lint findings on relayed messages, by code and whether the gateway fixed them.",
+    ["code", "fixed"],
+)
+MESSAGES_REJECTED = Counter(
+    "gateway_messages_rejected_total",
+    "Messages refused (4xx or 5xx) at end of DATA, by reason (lint, dkim).",
+    ["reason"],
+)
+DKIM_SIGNATURES = Counter(
+    "gateway_dkim_signatures_total",
+    "DKIM signatures added, by algorithm.",
+    ["algorithm"],
+)
+DKIM_UNSIGNED = Counter(
+    "gateway_dkim_unsigned_total",
+    "Messages that could not be signed, by reason (no_key, sign_error) and action taken.",
+    ["reason", "action"],
+)
+PREPARE_SECONDS = Histogram(
+    "gateway_message_prepare_seconds",
+    "Time to normalise, parse, lint, fix and DKIM-sign one message.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)

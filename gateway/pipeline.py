@@ -1,0 +1,144 @@
+"""What happens to a message between DATA and the spool: normalise, parse,
+lint, fix, DKIM-sign.
+
+The work runs on a thread pool. The Rust calls release the GIL, so with two
+threads both cores sign while the event loop keeps serving SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway._core import (
+    DkimSignError,
+    Finding,
+    MessageScan,
+    MessageView,
+    prepare_message,
+    sign_message,
+)
+from gateway.config import Config
+from gateway.dkim import KeyStore
+from gateway.log import event
+from gateway.metrics import (
+    DKIM_SIGNATURES,
+    DKIM_UNSIGNED,
+    LINT_FINDINGS,
+    MESSAGES_REJECTED,
+    PREPARE_SECONDS,
+)
+
+# Replies for the lint findings an operator may choose to reject (message.reject).
+_LINT_REPLIES = {
+    "missing-from": "550 5.6.0 Message has no From header (RFC 5322 3.6)",
+    "multiple-from": "550 5.6.0 Message must have exactly one From mailbox (RFC 5322 3.6)",
+    "duplicate-header": "550 5.6.0 Message repeats a header that may appear once (RFC 5322 3.6)",
+    "long-lines": "550 5.6.0 Message has lines longer than 998 octets (RFC 5322 2.1.1)",
+    "undeclared-8bit": "550 5.6.0 8-bit content without a declared transfer encoding",
+    "non-ascii-header": "550 5.6.7 Non-ASCII headers need SMTPUTF8 (RFC 6531)",
+    "nul-byte": "550 5.6.0 Message contains NUL octets",
+}
+_GENERIC_LINT_REPLY = "550 5.6.0 Message rejected by content policy: {code}"
+
+
+@dataclass
+class Prepared:
+    """A message ready to spool, or the reply refusing it."""
+
+    data: bytes
+    view: MessageView
+    scan: MessageScan
+    findings: list[Finding]
+    signed_by: list[str] = field(default_factory=list)  # "d=... s=..." of each signature
+    reply: str | None = None  # set when the message is refused
+    unsigned_reason: str | None = None  # no_key or sign_error, when signing was wanted
+
+
+class MessagePipeline:
+    def __init__(self, config: Config, keys: KeyStore) -> None:
+        self._config = config
+        self.keys = keys
+        threads = config.dkim.threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prepare")
+
+    async def process(self, raw: bytes, *, qid: str, smtputf8: bool) -> Prepared:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        result = await loop.run_in_executor(self._pool, self._process, raw, qid, smtputf8)
+        PREPARE_SECONDS.observe(time.perf_counter() - started)
+        self._account(result, qid)
+        return result
+
+    def _process(self, raw: bytes, qid: str, smtputf8: bool) -> Prepared:
+        """Runs on a pool thread."""
+        message = self._config.message
+        prepared = prepare_message(
+            raw,
+            smtputf8=smtputf8,
+            message_id=f"<{qid}@{self._config.node.hostname}>" if message.add_message_id else None,
+            date=email.utils.formatdate(localtime=True) if message.add_date else None,
+        )
+        result = Prepared(prepared.data, prepared.view, prepared.scan, prepared.findings)
+        for finding in result.findings:
+            if finding.code in message.reject:
+                result.reply = _LINT_REPLIES.get(finding.code) or _GENERIC_LINT_REPLY.format(
+                    code=finding.code
+                )
+                return result
+        signers = self.keys.signers_for(prepared.view.author_domains)
+        if not signers:
+            return self._unsigned(result, "no_key", "no DKIM key for the author domain")
+        try:
+            result.data = sign_message(result.data, signers)
+        except DkimSignError as exc:
+            return self._unsigned(result, "sign_error", str(exc))
+        result.signed_by = [f"d={s.domain} s={s.selector}" for s in signers]
+        for signer in signers:
+            DKIM_SIGNATURES.labels(signer.algorithm).inc()
+        return result
+
+    def _unsigned(self, result: Prepared, reason: str, detail: str) -> Prepared:
+        action = self._config.dkim.on_failure
+        if not self.keys.signers and reason == "no_key":
+            return result  # signing not configured at all: nothing to count
+        DKIM_UNSIGNED.labels(reason, action).inc()
+        if action == "defer":
+            result.reply = f"451 4.7.5 Cannot DKIM-sign the message ({detail}); try again later"
+        elif action == "reject":
+            result.reply = f"550 5.7.5 Cannot DKIM-sign the message ({detail})"
+        result.unsigned_reason = reason
+        return result
+
+    def _account(self, result: Prepared, qid: str) -> None:
+        for finding in result.findings:
+            LINT_FINDINGS.labels(finding.code, "yes" if finding.fixed else "no").inc()
+        if result.findings:
+            event(
+                "lint",
+                logging.INFO,
+                qid=qid,
+                findings=[
+                    f"{f.code}{' (fixed)' if f.fixed else ''}: {f.detail}" for f in result.findings
+                ],
+            )
+        reason = result.unsigned_reason
+        if reason:
+            event(
+                "dkim_unsigned",
+                logging.WARNING,
+                qid=qid,
+                reason=reason,
+                action=self._config.dkim.on_failure,
+                author_domains=result.view.author_domains,
+            )
+        if result.reply:
+            MESSAGES_REJECTED.labels("dkim" if reason else "lint").inc()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
