@@ -24,11 +24,13 @@ setup: $(PY)
 build: setup
 	$(BIN)/maturin develop --release --quiet --extras dev
 
-# Debian packages the tests use: nsd (real DNS server for test zones) and
-# postfix (smtp-source/smtp-sink for the benchmark).
+# Debian packages the tests use: nsd (real DNS server for test zones),
+# postfix (smtp-source/smtp-sink for the benchmark), opendkim (an independent
+# DKIM verifier for the tests).
 system-deps:
-	@command -v nsd >/dev/null && command -v smtp-source >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd postfix >/dev/null)
+	@command -v nsd >/dev/null && command -v smtp-source >/dev/null && \
+	  command -v opendkim >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd postfix opendkim >/dev/null)
 
 lint: setup
 	cargo fmt --all --check

@@ -59,7 +59,8 @@ def test_8bit_message_is_sent_with_body_8bitmime(
     tmp_path: Path, base_config: dict[str, Any], mx_port: int
 ) -> None:
     data = (
-        "From: a@sender.test\r\nSubject: caf\u00e9\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nd\u00e9j\u00e0 vu\r\n"
+        "From: a@sender.test\r\nSubject: caf\u00e9\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nd\u00e9j\u00e0 vu\r\n"
     )
     with Receiver(MX["down"], mx_port) as mx, GatewayProcess(tmp_path, base_config) as gw:
         qid = send(gw.port, "app@sender.test", ["eight@down.test"], data.encode())

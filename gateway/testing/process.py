@@ -16,24 +16,38 @@ from gateway.testing.service import Service
 
 
 def dump_toml(config: dict[str, dict[str, Any]]) -> str:
-    """TOML for a two-level config dict (sections of scalars and lists; one nesting)."""
+    """TOML for a config dict: sections of scalars and lists, nested sections,
+    and lists of tables (`[[dkim.keys]]`)."""
     lines: list[str] = []
 
-    def emit(prefix: str, table: dict[str, Any]) -> None:
-        lines.append(f"[{prefix}]")
+    def is_tables(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+    def emit(prefix: str, table: dict[str, Any], header: str = "[{}]") -> None:
+        lines.append(header.format(prefix))
         nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        arrays = {k: v for k, v in table.items() if is_tables(v)}
         for key, value in table.items():
-            if key not in nested:
-                lines.append(f"{key} = {_toml_value(value)}")
+            if key not in nested and key not in arrays:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         for key, value in nested.items():
             emit(f"{prefix}.{key}", value)
+        for key, items in arrays.items():
+            for item in items:
+                emit(f"{prefix}.{key}", item, "[[{}]]")
 
     for section, table in config.items():
         emit(section, table)
     return "\n".join(lines) + "\n"
 
 
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
 def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table, e.g. dkim.domain_map
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     # JSON strings, numbers and lists are valid TOML; booleans are spelled alike.
     return str(value).lower() if isinstance(value, bool) else json.dumps(value)
 

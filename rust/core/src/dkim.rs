@@ -1,13 +1,20 @@
 //! DKIM signing (RFC 6376) with RSA-SHA256 and Ed25519-SHA256 (RFC 8463),
 //! built on the `mail-auth` crate with the `ring` backend.
 //!
+//! mail-auth supplies the keys, header selection and canonicalization, and the
+//! signature's serialization. The body canonicalization is ours
+//! ([`write_canonical_body`]): mail-auth 0.13.3's relaxed body canonicalization
+//! keeps line breaks before a whitespace-only line at the end of the body, so
+//! dkimpy and OpenDKIM reject such signatures (found by this project's tests;
+//! later mail-auth releases need a newer rustc than ours).
+//!
 //! A [`Signer`] is made once per (domain, selector) from a PEM key and reused
 //! for every message; it is `Send + Sync`, so several threads sign at once.
 
 use base64::Engine as _;
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
+use mail_auth::dkim::{Canonicalization, Signature};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use std::fmt;
@@ -132,7 +139,7 @@ pub struct SignerConfig {
 
 /// A loaded private key and what it signs as.
 pub struct Signer {
-    inner: DkimSigner<DkimKey, Done>,
+    key: DkimKey,
     config: SignerConfig,
     algorithm: KeyAlgorithm,
     bits: usize,
@@ -157,18 +164,13 @@ impl Signer {
         check_dns_name("selector", &config.selector)?;
         let (key, algorithm, bits, public_key) = load_key(pem)?;
         let headers = effective_headers(&config.headers);
-        let mut inner = DkimSigner::from_key(key)
-            .domain(config.domain.to_ascii_lowercase())
-            .selector(config.selector.clone())
-            .headers(headers.clone())
-            .header_canonicalization(config.header_canonicalization)
-            .body_canonicalization(config.body_canonicalization);
-        if config.expiration > 0 {
-            inner = inner.expiration(config.expiration);
-        }
         Ok(Self {
-            inner,
-            config: SignerConfig { headers, ..config },
+            key,
+            config: SignerConfig {
+                headers,
+                domain: config.domain.to_ascii_lowercase(),
+                ..config
+            },
             algorithm,
             bits,
             public_key,
@@ -206,16 +208,207 @@ impl Signer {
     /// Sign a CRLF message; returns the `DKIM-Signature:` field ending in CRLF,
     /// ready to prepend.
     pub fn sign(&self, message: &[u8]) -> Result<String, KeyError> {
-        self.inner
-            .sign(message)
-            .map(|signature| signature.to_header())
-            .map_err(|err| {
-                KeyError(format!(
-                    "signing as d={} s={} failed: {err}",
-                    self.config.domain, self.config.selector
-                ))
-            })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.sign_at(message, now)
     }
+
+    /// Sign as of `now` (Unix seconds): the `t=` tag.
+    pub fn sign_at(&self, message: &[u8], now: u64) -> Result<String, KeyError> {
+        let config = &self.config;
+        let fail = |err: String| {
+            KeyError(format!(
+                "signing as d={} s={} failed: {err}",
+                config.domain, config.selector
+            ))
+        };
+        let mut signature = Signature {
+            v: 1,
+            a: self.key.algorithm(),
+            d: config.domain.clone(),
+            s: config.selector.clone(),
+            h: config.headers.clone(),
+            ch: config.header_canonicalization,
+            cb: config.body_canonicalization,
+            t: now,
+            x: if config.expiration > 0 {
+                now + config.expiration
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let (_, canonical_headers, signed_headers, _) = signature.canonicalize(headers_of(message));
+        if signed_headers.is_empty() {
+            return Err(fail("the message has none of the headers to sign".into()));
+        }
+        let mut rest = headers_of(message);
+        while rest.next_header().is_some() {}
+        let body = CanonicalBody {
+            body: rest.body(),
+            canonicalization: config.body_canonicalization,
+        };
+        signature.bh = self.key.hash(body).as_ref().to_vec();
+        signature.h = signed_headers;
+        signature.b = self
+            .key
+            .sign(SigningInput {
+                headers: canonical_headers,
+                signature: &signature,
+            })
+            .map_err(|err| fail(err.to_string()))?;
+        Ok(signature.to_header())
+    }
+}
+
+fn headers_of(message: &[u8]) -> FieldReader<'_> {
+    FieldReader {
+        message,
+        pos: 0,
+        body_start: None,
+    }
+}
+
+/// The header fields of a message as mail-auth's canonicalizers want them:
+/// (name, value after the colon including folding and the final CRLF). Its
+/// own reader is crate-private.
+struct FieldReader<'x> {
+    message: &'x [u8],
+    pos: usize,
+    body_start: Option<usize>,
+}
+
+impl<'x> HeaderStream<'x> for FieldReader<'x> {
+    fn next_header(&mut self) -> Option<(&'x [u8], &'x [u8])> {
+        if self.body_start.is_some() {
+            return None;
+        }
+        let message = self.message;
+        let rest = &message[self.pos..];
+        for blank in [&b"\r\n"[..], b"\n"] {
+            if rest.starts_with(blank) || rest.is_empty() {
+                self.body_start = Some(self.pos + if rest.is_empty() { 0 } else { blank.len() });
+                return None;
+            }
+        }
+        let mut end = self.pos;
+        loop {
+            match memchr::memchr(b'\n', &message[end..]) {
+                Some(i) => {
+                    end += i + 1;
+                    if !matches!(message.get(end), Some(b' ' | b'\t')) {
+                        break;
+                    }
+                }
+                None => {
+                    end = message.len();
+                    break;
+                }
+            }
+        }
+        let field = &message[self.pos..end];
+        self.pos = end;
+        Some(match memchr::memchr(b':', field) {
+            Some(colon) => (&field[..colon], &field[colon + 1..]),
+            None => (field, &b""[..]),
+        })
+    }
+
+    fn body(&mut self) -> &'x [u8] {
+        while self.next_header().is_some() {}
+        &self.message[self.body_start.unwrap_or(self.message.len())..]
+    }
+}
+
+/// What the signature's `b=` covers: the selected headers, canonicalized, then
+/// the DKIM-Signature field itself with an empty `b=` (RFC 6376 §3.7).
+struct SigningInput<'a, H: Writable> {
+    headers: H,
+    signature: &'a Signature,
+}
+
+impl<H: Writable> Writable for SigningInput<'_, H> {
+    fn write(self, writer: &mut impl Writer) {
+        self.headers.write(writer);
+        self.signature.write(writer, false);
+    }
+}
+
+struct CanonicalBody<'a> {
+    body: &'a [u8],
+    canonicalization: Canonicalization,
+}
+
+impl Writable for CanonicalBody<'_> {
+    fn write(self, writer: &mut impl Writer) {
+        write_canonical_body(self.body, self.canonicalization, writer);
+    }
+}
+
+/// RFC 6376 §3.4.3 (simple) and §3.4.4 (relaxed) body canonicalization.
+/// Lines end at LF (a preceding CR is part of the line ending).
+pub fn write_canonical_body(
+    body: &[u8],
+    canonicalization: Canonicalization,
+    out: &mut impl Writer,
+) {
+    let mut empty_run = 0usize; // empty lines held back: dropped if they end the body
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let content = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        let content = match canonicalization {
+            Canonicalization::Simple => content,
+            // Trailing whitespace is ignored, so a whitespace-only line is empty.
+            Canonicalization::Relaxed => content
+                .iter()
+                .rposition(|b| *b != b' ' && *b != b'\t')
+                .map_or(&content[..0], |end| &content[..=end]),
+        };
+        if content.is_empty() {
+            empty_run += 1;
+            continue;
+        }
+        for _ in 0..empty_run {
+            out.write(b"\r\n");
+        }
+        empty_run = 0;
+        match canonicalization {
+            Canonicalization::Simple => out.write(content),
+            Canonicalization::Relaxed => write_collapsed_whitespace(content, out),
+        }
+        out.write(b"\r\n");
+    }
+    // simple: an empty body is one CRLF; relaxed: an empty body stays empty.
+    if canonicalization == Canonicalization::Simple && body_is_blank(body) {
+        out.write(b"\r\n");
+    }
+}
+
+/// True when simple canonicalization leaves nothing but line breaks.
+fn body_is_blank(body: &[u8]) -> bool {
+    body.iter().all(|b| *b == b'\r' || *b == b'\n')
+}
+
+/// Each run of spaces and tabs inside a line becomes one space.
+fn write_collapsed_whitespace(line: &[u8], out: &mut impl Writer) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < line.len() {
+        if line[i] == b' ' || line[i] == b'\t' {
+            out.write(&line[start..i]);
+            out.write(b" ");
+            while i < line.len() && (line[i] == b' ' || line[i] == b'\t') {
+                i += 1;
+            }
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.write(&line[start..]);
 }
 
 fn check_dns_name(what: &str, name: &str) -> Result<(), KeyError> {
@@ -424,6 +617,37 @@ mod tests {
         assert_eq!(
             effective_headers(DEFAULT_SIGNED_HEADERS).len(),
             DEFAULT_SIGNED_HEADERS.len()
+        );
+    }
+
+    fn canon(body: &[u8], c: Canonicalization) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_canonical_body(body, c, &mut out);
+        out
+    }
+
+    /// The examples of RFC 6376 §3.4.5, plus the edges dkimpy and OpenDKIM agree on.
+    #[test]
+    fn body_canonicalization() {
+        let body = b" C \r\nD \t E\r\n\r\n\r\n";
+        assert_eq!(canon(body, Canonicalization::Relaxed), b" C\r\nD E\r\n");
+        assert_eq!(canon(body, Canonicalization::Simple), b" C \r\nD \t E\r\n");
+        let ws_tail = b"text   \r\n\t\r\n \r\n\r\n";
+        assert_eq!(canon(ws_tail, Canonicalization::Relaxed), b"text\r\n");
+        assert_eq!(
+            canon(ws_tail, Canonicalization::Simple),
+            b"text   \r\n\t\r\n \r\n"
+        );
+        assert_eq!(canon(b"", Canonicalization::Relaxed), b"");
+        assert_eq!(canon(b"", Canonicalization::Simple), b"\r\n");
+        assert_eq!(canon(b"\r\n\r\n", Canonicalization::Simple), b"\r\n");
+        assert_eq!(
+            canon(b"a\r\n\r\nb", Canonicalization::Relaxed),
+            b"a\r\n\r\nb\r\n"
+        );
+        assert_eq!(
+            canon(b"a\r\n \r\nb", Canonicalization::Relaxed),
+            b"a\r\n\r\nb\r\n"
         );
     }
 
