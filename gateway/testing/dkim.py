@@ -108,22 +108,48 @@ class DkimpyVerifier:
         return results
 
 
+def one_signature_each(message: bytes) -> list[bytes]:
+    """One copy of the message per DKIM-Signature, keeping only that one.
+    Removing the others is harmless: no signature covers DKIM-Signature."""
+    head, sep, body = message.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    signatures = [i for i, f in enumerate(fields) if f.lower().startswith(b"dkim-signature:")]
+    return [
+        b"\r\n".join(f for i, f in enumerate(fields) if i == keep or i not in signatures)
+        + sep
+        + body
+        for keep in signatures
+    ]
+
+
 def opendkim_verify(message: bytes, records: dict[str, str]) -> list[str]:
-    """OpenDKIM's verdict lines for a message (`opendkim -t`); keys come from
-    `records` ({"sel._domainkey.domain": "v=DKIM1; ..."}) via TestPublicKeys."""
+    """OpenDKIM's verdict for each signature of a message (`opendkim -t` checks
+    one signature per run, so each is run alone). Keys come from `records`
+    ({"sel._domainkey.domain": "v=DKIM1; ..."}) through TestPublicKeys."""
     binary = shutil.which("opendkim") or "/usr/sbin/opendkim"
+    verdicts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gateway-opendkim-") as tmp:
         d = Path(tmp)
         (d / "keys").write_text("".join(f"{n} {r}\n" for n, r in records.items()))
         (d / "opendkim.conf").write_text(
             f"TestPublicKeys {d / 'keys'}\nMode v\nSyslog no\nAlwaysAddARHeader no\n"
         )
-        (d / "message.eml").write_bytes(message)
-        out = subprocess.run(
-            [binary, "-x", str(d / "opendkim.conf"), "-t", str(d / "message.eml")],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    return [line for line in (out.stdout + out.stderr).splitlines() if "verification" in line]
+        for copy in one_signature_each(message):
+            (d / "message.eml").write_bytes(copy)
+            out = subprocess.run(
+                [binary, "-x", str(d / "opendkim.conf"), "-t", str(d / "message.eml")],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            lines = (out.stdout + out.stderr).splitlines()
+            verdicts += [line for line in lines if "verification" in line] or [
+                f"no verdict: {out.stdout}{out.stderr}"
+            ]
+    return verdicts

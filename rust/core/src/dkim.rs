@@ -239,14 +239,20 @@ impl Signer {
             },
             ..Default::default()
         };
-        let (_, canonical_headers, signed_headers, _) = signature.canonicalize(headers_of(message));
-        if signed_headers.is_empty() {
-            return Err(fail("the message has none of the headers to sign".into()));
+        let mut fields = headers_of(message);
+        let mut has_from = false;
+        while let Some((name, _)) = fields.next_header() {
+            has_from |= name.trim_ascii().eq_ignore_ascii_case(b"from");
         }
-        let mut rest = headers_of(message);
-        while rest.next_header().is_some() {}
+        if !has_from {
+            return Err(fail(
+                "the message has no From header, which a signature must cover (RFC 6376 5.4)"
+                    .into(),
+            ));
+        }
+        let (_, canonical_headers, signed_headers, _) = signature.canonicalize(headers_of(message));
         let body = CanonicalBody {
-            body: rest.body(),
+            body: fields.body(),
             canonicalization: config.body_canonicalization,
         };
         signature.bh = self.key.hash(body).as_ref().to_vec();
@@ -649,6 +655,13 @@ mod tests {
             canon(b"a\r\n \r\nb", Canonicalization::Relaxed),
             b"a\r\n\r\nb\r\n"
         );
+    }
+
+    #[test]
+    fn a_message_without_from_is_not_signed() {
+        let signer = Signer::new(ED25519_PKCS8.as_bytes(), config()).unwrap();
+        let err = signer.sign(b"Subject: x\r\n\r\nbody\r\n").unwrap_err();
+        assert!(err.0.contains("no From header"), "{err}");
     }
 
     #[test]
