@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ def test_durations(text: str | int, seconds: float) -> None:
         ('[retry]\nmax_age = "forever"\n', "retry.max_age"),
         ("[delivery]\nport = 70000\n", "delivery.port"),
         ("[smtp\n", "not valid TOML"),
+        ('[message]\nreject = ["from-missing"]\n', "unknown lint code 'from-missing'"),
+        ('[dkim]\non_failure = "ignore"\n', "dkim.on_failure"),
+        ('[[dkim.keys]]\ndomain = "a.test"\n', "dkim.keys.0.selector: Field required"),
     ],
 )
 def test_bad_config_names_key(tmp_path: Path, toml: str, needle: str) -> None:
@@ -71,3 +75,15 @@ def test_documented_keys_match_the_model() -> None:
             elif f"`{key}`" not in doc:
                 missing.append(f"{section}.{key}")
     assert missing == []
+
+
+def test_dkim_records_cli(tmp_path: Path) -> None:
+    from gateway.testing.dkim import public_record, write_key
+
+    key = write_key(tmp_path / "k.pem", "rsa2048")
+    conf = tmp_path / "g.toml"
+    conf.write_text(f'[[dkim.keys]]\ndomain = "a.test"\nselector = "s1"\nkey_file = "{key}"\n')
+    run = [sys.executable, "-m", "gateway", "dkim-records", "--config", str(conf)]
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("s1._domainkey.a.test. IN TXT (")
+    assert "".join(re.findall(r'"([^"]*)"', out)) == public_record(key)
