@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dkim-records":
         for signer in keys.signers:
+            record = signer.dns_record()
+            # A TXT string holds at most 255 octets; zone files join adjacent strings.
+            chunks = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
             name = f"{signer.selector}._domainkey.{signer.domain}."
-            print(
-                f'{name} IN TXT "{signer.dns_record()}"  ; {signer.algorithm}, {signer.bits} bits'
-            )
+            print(f"{name} IN TXT ( {chunks} ) ; {signer.algorithm}, {signer.bits} bits")
         return 0
     return _run(config)
 
