@@ -94,11 +94,7 @@ class MimePart:
     @property
     def size(self) -> int: ...
     @property
-    def raw_size(self) -> int: ...
-    @property
     def children(self) -> list[int]: ...
-    @property
-    def encoding_problem(self) -> bool: ...
 
 @final
 class MessageView:
@@ -127,9 +123,9 @@ class MessageView:
     def parts(self) -> list[MimePart]:
         """The MIME tree flattened depth-first."""
     def part_text(self, part_id: int) -> str | None:
-        """Decoded text of a text or HTML part."""
+        """Decoded text (UTF-8, from the part's charset) of a text/* part."""
     def part_bytes(self, part_id: int) -> bytes | None:
-        """Decoded body of a part; None for multiparts and unknown ids."""
+        """Decoded body of a leaf part; None for multiparts and undecodable bodies."""
 
 @final
 class Finding:

@@ -7,6 +7,7 @@ pub mod dkim;
 pub mod lint;
 pub mod message_scan;
 pub mod message_view;
+pub mod mime_tree;
 pub mod queue_id;
 pub mod transparency;
 

@@ -2,12 +2,17 @@
 //! the MIME part tree, built on the `mail-parser` crate.
 //!
 //! The view owns the message bytes once and everything else borrows from them
-//! (`self_cell`), so header values and undecoded text bodies are zero-copy.
-//! `mail-parser` never panics on malformed input and makes a best effort, which
-//! is what a relay needs: it must describe whatever a client sent, not judge it.
+//! (`self_cell`), so header values are zero-copy and bodies are decoded only
+//! when asked for (see `mime_tree`). `mail-parser` never panics on malformed
+//! input and makes a best effort, which is what a relay needs: it must
+//! describe whatever a client sent, not judge it.
 
+use crate::mime_tree::{self, MimeNode};
+use mail_parser::decoders::base64::base64_decode;
+use mail_parser::decoders::charsets::map::charset_decoder;
+use mail_parser::decoders::quoted_printable::quoted_printable_decode;
 use mail_parser::parsers::MessageStream;
-use mail_parser::{HeaderName, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderName, HeaderValue, Message, MessageParser, MimeHeaders};
 use self_cell::self_cell;
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -20,14 +25,12 @@ self_cell!(
     }
 );
 
-/// Two parses of the same bytes. `header` stops at the end of the top-level
-/// header section; `full` includes bodies. Header accessors read `header`
-/// because mail-parser 0.11 can attach a nested part's headers to the root
-/// when it recovers from a malformed multipart (found by fuzzing).
-/// Each is `None` when the input has no header section at all.
+/// The MIME tree of the owned bytes; node 0 is the message and its headers.
+/// (Header blocks are parsed one at a time: mail-parser 0.11's whole-message
+/// parse can give the root a nested part's headers on a malformed multipart,
+/// which fuzzing found.)
 struct Parsed<'a> {
-    header: Option<Message<'a>>,
-    full: Option<Message<'a>>,
+    nodes: Vec<MimeNode<'a>>,
 }
 
 fn parser() -> &'static MessageParser {
@@ -144,14 +147,10 @@ pub struct PartInfo {
     pub disposition: Option<String>,
     pub filename: Option<String>,
     pub transfer_encoding: Option<String>,
-    /// Size of the decoded body in octets (0 for multiparts).
+    /// Size of the body as transmitted (still transfer-encoded), in octets.
     pub size: usize,
-    /// Size of the body as transmitted (still encoded).
-    pub raw_size: usize,
     /// Ids of the child parts of a multipart.
     pub children: Vec<usize>,
-    /// True when the part's transfer encoding or charset could not be decoded.
-    pub encoding_problem: bool,
 }
 
 /// A parsed message that owns its bytes.
@@ -172,8 +171,7 @@ impl ParsedMessage {
     pub fn parse(data: Vec<u8>) -> Self {
         Self {
             inner: OwnedMessage::new(data, |raw| Parsed {
-                header: parser().parse_headers(raw),
-                full: parser().parse(raw),
+                nodes: mime_tree::build(raw, parser()),
             }),
         }
     }
@@ -182,14 +180,13 @@ impl ParsedMessage {
         self.inner.borrow_owner()
     }
 
-    /// The top-level headers (no bodies).
+    /// The top-level headers.
     fn message(&self) -> Option<&Message<'_>> {
-        self.inner.borrow_dependent().header.as_ref()
+        self.nodes().first()?.headers.as_ref()
     }
 
-    /// The whole MIME structure.
-    fn full(&self) -> Option<&Message<'_>> {
-        self.inner.borrow_dependent().full.as_ref()
+    fn nodes(&self) -> &[MimeNode<'_>] {
+        &self.inner.borrow_dependent().nodes
     }
 
     /// Every top-level header field, in order.
@@ -270,84 +267,92 @@ impl ParsedMessage {
 
     /// The MIME part tree, flattened depth-first (a nested message is one part).
     pub fn parts(&self) -> Vec<PartInfo> {
-        let Some(message) = self.full() else {
-            return Vec::new();
-        };
-        message
-            .parts
+        let raw_len = self.raw().len();
+        self.nodes()
             .iter()
             .enumerate()
-            .map(|(id, part)| {
-                let content_type = part.content_type();
-                let (kind, size, children) = match &part.body {
-                    PartType::Text(t) => (PartKind::Text, t.len(), Vec::new()),
-                    PartType::Html(t) => (PartKind::Html, t.len(), Vec::new()),
-                    PartType::Binary(b) | PartType::InlineBinary(b) => {
-                        (PartKind::Binary, b.len(), Vec::new())
-                    }
-                    PartType::Message(m) => (PartKind::Message, m.raw_message.len(), Vec::new()),
-                    PartType::Multipart(ids) => (
-                        PartKind::Multipart,
-                        0,
-                        ids.iter().map(|&i| i as usize).collect(),
-                    ),
-                };
-                let mime_type = match content_type {
-                    Some(ct) => match ct.subtype() {
-                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                        None => ct.ctype().to_owned(),
-                    }
-                    .to_ascii_lowercase(),
-                    None => "text/plain".to_owned(),
+            .map(|(id, node)| {
+                let part = node.part();
+                let content_type = part.and_then(|p| p.content_type());
+                let kind = match node.content_type.as_str() {
+                    t if t.starts_with("multipart/") => PartKind::Multipart,
+                    "message/rfc822" | "message/global" => PartKind::Message,
+                    "text/html" => PartKind::Html,
+                    t if t.starts_with("text/") => PartKind::Text,
+                    _ => PartKind::Binary,
                 };
                 PartInfo {
                     id,
                     kind,
-                    content_type: mime_type,
+                    content_type: node.content_type.clone(),
                     charset: content_type
                         .and_then(|ct| ct.attribute("charset"))
                         .map(|c| c.to_ascii_lowercase()),
                     disposition: part
-                        .content_disposition()
+                        .and_then(|p| p.content_disposition())
                         .map(|d| d.ctype().to_ascii_lowercase()),
-                    filename: part.attachment_name().map(str::to_owned),
+                    filename: part.and_then(|p| p.attachment_name()).map(str::to_owned),
                     transfer_encoding: part
-                        .content_transfer_encoding()
+                        .and_then(|p| p.content_transfer_encoding())
                         .map(|e| e.trim().to_ascii_lowercase()),
-                    size,
-                    raw_size: (part.offset_end.saturating_sub(part.offset_body)) as usize,
-                    children,
-                    encoding_problem: part.is_encoding_problem,
+                    size: node.body.end.min(raw_len) - node.body.start.min(raw_len),
+                    children: node.children.clone(),
                 }
             })
             .collect()
     }
 
-    /// The decoded text of a text or HTML part (converted to UTF-8).
-    pub fn part_text(&self, id: usize) -> Option<Cow<'_, str>> {
-        match &self.full()?.parts.get(id)?.body {
-            PartType::Text(t) | PartType::Html(t) => Some(Cow::Borrowed(t.as_ref())),
-            _ => None,
+    /// The decoded body of a leaf part (transfer encoding undone); `None` for
+    /// multiparts, unknown ids, and bodies that fail to decode.
+    pub fn part_bytes(&self, id: usize) -> Option<Cow<'_, [u8]>> {
+        let node = self.nodes().get(id)?;
+        if !node.children.is_empty() || node.content_type.starts_with("multipart/") {
+            return None;
+        }
+        let body = self.part_raw_body(id)?;
+        let encoding = node
+            .part()
+            .and_then(|p| p.content_transfer_encoding())
+            .map(|e| e.trim().to_ascii_lowercase());
+        match encoding.as_deref() {
+            Some("base64") => base64_decode(body).map(Cow::Owned),
+            Some("quoted-printable") => quoted_printable_decode(body).map(Cow::Owned),
+            _ => Some(Cow::Borrowed(body)),
         }
     }
 
-    /// The decoded body of a leaf part, or the raw bytes of a nested message.
-    pub fn part_bytes(&self, id: usize) -> Option<&[u8]> {
-        match &self.full()?.parts.get(id)?.body {
-            PartType::Text(t) | PartType::Html(t) => Some(t.as_bytes()),
-            PartType::Binary(b) | PartType::InlineBinary(b) => Some(b.as_ref()),
-            PartType::Message(m) => Some(m.raw_message.as_ref()),
-            PartType::Multipart(_) => None,
+    /// The decoded text of a text part, converted to UTF-8 from its charset
+    /// (invalid sequences replaced); `None` for non-text parts.
+    pub fn part_text(&self, id: usize) -> Option<Cow<'_, str>> {
+        let node = self.nodes().get(id)?;
+        if !node.content_type.starts_with("text/") {
+            return None;
         }
+        let bytes = self.part_bytes(id)?;
+        let charset = node
+            .part()
+            .and_then(|p| p.content_type())
+            .and_then(|ct| ct.attribute("charset"))
+            .unwrap_or("us-ascii");
+        let is_utf8 = matches!(
+            charset.to_ascii_lowercase().as_str(),
+            "utf-8" | "utf8" | "us-ascii" | "ascii"
+        );
+        if !is_utf8 {
+            if let Some(decode) = charset_decoder(charset.as_bytes()) {
+                return Some(Cow::Owned(decode(&bytes)));
+            }
+        }
+        Some(match bytes {
+            Cow::Borrowed(b) => String::from_utf8_lossy(b),
+            Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+        })
     }
 
     /// The transmitted (still encoded) body of a part, for 8-bit checks.
     pub fn part_raw_body(&self, id: usize) -> Option<&[u8]> {
-        let part = self.full()?.parts.get(id)?;
-        let raw = self.raw();
-        let start = (part.offset_body as usize).min(raw.len());
-        let end = (part.offset_end as usize).clamp(start, raw.len());
-        Some(&raw[start..end])
+        let node = self.nodes().get(id)?;
+        self.raw().get(node.body.clone())
     }
 }
 
@@ -413,8 +418,8 @@ aGVsbG8=\r\n\
         assert_eq!(parts[2].content_type, "application/pdf");
         assert_eq!(parts[2].filename.as_deref(), Some("report.pdf"));
         assert_eq!(parts[2].disposition.as_deref(), Some("attachment"));
-        assert_eq!(m.part_bytes(2), Some(&b"hello"[..]));
-        assert_eq!(parts[2].size, 5);
+        assert_eq!(m.part_bytes(2).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(parts[2].size, 8); // as transmitted: "aGVsbG8="
     }
 
     #[test]

@@ -20,9 +20,7 @@ pub struct MimePart {
     filename: Option<String>,
     transfer_encoding: Option<String>,
     size: usize,
-    raw_size: usize,
     children: Vec<usize>,
-    encoding_problem: bool,
 }
 
 impl From<PartInfo> for MimePart {
@@ -36,9 +34,7 @@ impl From<PartInfo> for MimePart {
             filename: p.filename,
             transfer_encoding: p.transfer_encoding,
             size: p.size,
-            raw_size: p.raw_size,
             children: p.children,
-            encoding_problem: p.encoding_problem,
         }
     }
 }
@@ -152,14 +148,19 @@ impl MessageView {
         self.inner.parts().into_iter().map(MimePart::from).collect()
     }
 
-    /// Decoded text (UTF-8) of a text or HTML part; None for other parts.
-    fn part_text(&self, part_id: usize) -> Option<String> {
-        self.inner.part_text(part_id).map(|t| t.into_owned())
+    /// Decoded text (UTF-8) of a text part; None for other parts. The GIL is
+    /// released while decoding.
+    fn part_text(&self, py: Python<'_>, part_id: usize) -> Option<String> {
+        let inner = &self.inner;
+        py.detach(|| inner.part_text(part_id).map(|t| t.into_owned()))
     }
 
-    /// Decoded body of a part; None for multiparts and unknown ids.
+    /// Decoded body of a part; None for multiparts, unknown ids and bodies
+    /// that fail to decode. The GIL is released while decoding.
     fn part_bytes<'py>(&self, py: Python<'py>, part_id: usize) -> Option<Bound<'py, PyBytes>> {
-        self.inner.part_bytes(part_id).map(|b| PyBytes::new(py, b))
+        let inner = &self.inner;
+        let decoded = py.detach(|| inner.part_bytes(part_id).map(|b| b.into_owned()));
+        decoded.map(|b| PyBytes::new(py, &b))
     }
 
     fn __repr__(&self) -> String {
