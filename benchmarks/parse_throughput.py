@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
+import functools
 import sysconfig
 from collections.abc import Callable
 from email.message import Message
@@ -39,6 +40,11 @@ def python_email(policy: email.policy.Policy) -> Callable[[bytes], object]:
         return subject, sender, [part.get_content_type() for part in msg.walk()]
 
     return parse
+
+
+def one_pass(parse: Callable[[bytes], object], messages: list[bytes]) -> None:
+    for m in messages:
+        parse(m)
 
 
 def corpora() -> dict[str, list[bytes]]:
@@ -65,12 +71,8 @@ def main() -> None:
     for name, messages in corpora().items():
         size = sum(len(m) for m in messages)
 
-        def one_pass(parse: Callable[[bytes], object], msgs: list[bytes] = messages) -> None:
-            for m in msgs:
-                parse(m)
-
         results = {
-            label: rate(lambda p=parse: one_pass(p), args.seconds) * len(messages)  # type: ignore[misc]
+            label: rate(functools.partial(one_pass, parse, messages), args.seconds) * len(messages)
             for label, parse in parsers.items()
         }
         mine = results["gateway (Rust)"]
