@@ -47,7 +47,9 @@ pytest: build
 	$(BIN)/pytest -q
 
 bench: build system-deps
-	$(BIN)/python benchmarks/relay_throughput.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.parse_throughput
+	$(BIN)/python -m benchmarks.dkim_sign
+	$(BIN)/python -m benchmarks.relay_throughput $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) target gateway/_core*.so

@@ -4,7 +4,7 @@ Runs, in one go and under the same load, the gateway (durable spool, MX lookup
 through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
-    .venv/bin/python benchmarks/relay_throughput.py [--messages 10000] [--sessions 20]
+    .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20]
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
