@@ -177,6 +177,11 @@ def test_author_domain_signs_with_rsa_and_ed25519(
             "déjà vu, naïve café\r\n",
         ),
         ("empty body", "", ""),
+        (
+            "malformed MIME",
+            'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="never"\r\n',
+            "--wrong\r\nContent-Type: text/plain\r\n\r\nunterminated =?utf-8?q?x",
+        ),
         ("mixed CRLF and LF", "", "one\ntwo\r\nthree\n\nfour"),
         (
             "one-click unsubscribe",
