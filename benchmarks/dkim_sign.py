@@ -80,6 +80,17 @@ def dkimpy_sign(message: bytes, key: bytes, algorithm: bytes) -> bytes:
     )
 
 
+def row(kind: str, message: str, signer: str, per_second: float, note: str = "") -> None:
+    print(f"{kind:8} {message:8} {signer:28} {per_second:9.0f} {note:>30}")
+
+
+def raw_rsa_rate(pem: bytes, seconds: float) -> float:
+    key = serialization.load_pem_private_key(pem, None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    digest_input = b"x" * 64
+    return rate(lambda: key.sign(digest_input, padding.PKCS1v15(), hashes.SHA256()), seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
@@ -87,21 +98,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dkim-"))
     messages = {"4 KB": newsletter(4_000), "100 KB": newsletter(100_000)}
     print(f"{'key':8} {'message':8} {'signer':28} {'sig/s':>9} {'note':>30}")
-    raw_rsa = 0.0
     for kind in ["rsa2048", "ed25519"]:
         pem = write_key(tmp / f"{kind}.pem", kind).read_bytes()
         # Both sides sign the same headers with relaxed/relaxed.
-        signer = _core.DkimSigner(
-            pem, "brand.example", "bench", headers=[h.decode() for h in HEADERS]
-        )
+        headers = [h.decode() for h in HEADERS]
+        signer = _core.DkimSigner(pem, "brand.example", "bench", headers=headers)
         dkimpy_key, algorithm = dkimpy_key_of(pem)
-        if kind == "rsa2048":
-            key = serialization.load_pem_private_key(pem, None)
-            assert isinstance(key, rsa.RSAPrivateKey)
-            raw_rsa = rate(
-                lambda: key.sign(b"x" * 64, padding.PKCS1v15(), hashes.SHA256()), args.seconds
-            )
-            print(f"{kind:8} {'-':8} {'raw RSA (cryptography)':28} {raw_rsa:9.0f}")
+        raw = raw_rsa_rate(pem, args.seconds) if kind == "rsa2048" else 0.0
+        if raw:
+            row(kind, "-", "raw RSA (cryptography)", raw)
         for label, message in messages.items():
             work = functools.partial(signer.sign, message)
             one = threaded_rate(work, 1, args.seconds)
@@ -111,14 +116,9 @@ def main() -> None:
                 args.seconds,
                 max_calls=2000,
             )
-            vs_raw = f"{one / raw_rsa:.0%} of raw RSA" if kind == "rsa2048" else ""
-            print(f"{kind:8} {label:8} {'gateway, 1 thread':28} {one:9.0f} {vs_raw:>30}")
-            print(
-                f"{kind:8} {label:8} {'gateway, 2 threads':28} {two:9.0f} {f'{two / one:.2f}x one thread':>30}"
-            )
-            print(
-                f"{kind:8} {label:8} {'dkimpy':28} {dkimpy:9.0f} {f'gateway {one / dkimpy:.0f}x dkimpy':>30}"
-            )
+            row(kind, label, "gateway, 1 thread", one, f"{one / raw:.0%} of raw RSA" if raw else "")
+            row(kind, label, "gateway, 2 threads", two, f"{two / one:.2f}x one thread")
+            row(kind, label, "dkimpy", dkimpy, f"gateway {one / dkimpy:.0f}x dkimpy")
 
 
 if __name__ == "__main__":
