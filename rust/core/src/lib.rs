@@ -4,6 +4,7 @@
 //! `cargo test` and reused by the thin PyO3 bindings crate (`rust/python`).
 
 pub mod dkim;
+pub mod invariants;
 pub mod lint;
 pub mod message_scan;
 pub mod message_view;

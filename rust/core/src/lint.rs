@@ -306,37 +306,6 @@ mod tests {
         assert_eq!(codes(&p), ["multiple-from"]);
     }
 
-    /// Inputs the fuzzer found; each must keep the `prepare` invariants.
-    #[test]
-    fn fuzz_regressions() {
-        let options = FixOptions {
-            smtputf8: false,
-            ..FIX_ALL
-        };
-        for entry in
-            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/regressions")).unwrap()
-        {
-            let path = entry.unwrap().path();
-            let p = prepare(&std::fs::read(&path).unwrap(), &options);
-            let again: Vec<_> = lint(&p.message, &p.scan, false)
-                .iter()
-                .map(|f| f.code)
-                .collect();
-            for fixed in p
-                .findings
-                .iter()
-                .filter(|f| f.fixed && f.code != "bare-line-endings")
-            {
-                assert!(
-                    !again.contains(&fixed.code),
-                    "{}: {} not fixed",
-                    path.display(),
-                    fixed.code
-                );
-            }
-        }
-    }
-
     #[test]
     fn every_code_is_listed() {
         let raw = b"Subject: x\n\n\xff\0\n";

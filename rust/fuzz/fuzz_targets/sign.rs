@@ -1,7 +1,7 @@
-//! Any bytes signed with both canonicalizations. Invariants: no panic, and the
-//! result is one well-formed header field (ASCII, folded lines, CRLF end).
-//! Ed25519 keeps the fuzzer fast; canonicalization and hashing, the code that
-//! sees the input, are the same for RSA.
+//! Any bytes signed with both canonicalizations; the checks are
+//! `gateway_core::invariants::check_sign`. Ed25519 keeps the fuzzer fast:
+//! canonicalization and hashing, the code that sees the input, are the same
+//! for RSA.
 #![no_main]
 
 use gateway_core::dkim::{parse_canonicalization, Signer, SignerConfig, DEFAULT_SIGNED_HEADERS};
@@ -20,7 +20,10 @@ fn signers() -> &'static [Signer] {
                 let config = SignerConfig {
                     domain: "example.com".into(),
                     selector: "fuzz".into(),
-                    headers: DEFAULT_SIGNED_HEADERS.iter().map(|h| h.to_string()).collect(),
+                    headers: DEFAULT_SIGNED_HEADERS
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect(),
                     header_canonicalization: canon,
                     body_canonicalization: canon,
                     expiration: 0,
@@ -33,13 +36,6 @@ fn signers() -> &'static [Signer] {
 
 fuzz_target!(|data: &[u8]| {
     for signer in signers() {
-        // A message without any signed header cannot be signed: an error, not a panic.
-        if let Ok(header) = signer.sign(data) {
-            assert!(header.is_ascii());
-            assert!(header.starts_with("DKIM-Signature: v=1;"));
-            assert!(header.ends_with("\r\n"));
-            let lines: Vec<_> = header.trim_end_matches("\r\n").split("\r\n").collect();
-            assert!(lines[1..].iter().all(|l| l.starts_with('\t')));
-        }
+        gateway_core::invariants::check_sign(signer, data);
     }
 });
