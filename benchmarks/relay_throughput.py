@@ -4,7 +4,9 @@ Runs, in one go and under the same load, the gateway (durable spool, MX lookup
 through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
-    .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20]
+    .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20] [--dkim]
+
+With --dkim the gateway runs a second time signing every message (RSA-2048).
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.testing import DnsServer, GatewayProcess, free_port
+from gateway.testing.dkim import write_key
 from gateway.testing.net import wait_for_port
 
 SINK_IP = "127.0.0.20"
@@ -100,7 +103,9 @@ def measure(name: str, port: int, sink: Sink, args: argparse.Namespace) -> dict[
     return result
 
 
-def run_gateway(workdir: Path, sink: Sink, args: argparse.Namespace) -> dict[str, float]:
+def run_gateway(
+    workdir: Path, sink: Sink, args: argparse.Namespace, dkim: bool = False
+) -> dict[str, float]:
     zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
     with DnsServer(zone) as dns:
         config: dict[str, dict[str, Any]] = {
@@ -108,8 +113,13 @@ def run_gateway(workdir: Path, sink: Sink, args: argparse.Namespace) -> dict[str
             "delivery": {"port": sink.port},
             "log": {"level": "info"},
         }
-        with GatewayProcess(workdir / "gateway", config) as gw:
-            return measure("gateway", gw.port, sink, args)
+        if dkim:  # smtp-source writes From: <bench@source.bench>
+            key = write_key(workdir / "source.bench.pem", "rsa2048")
+            keys = [{"domain": "source.bench", "selector": "b1", "key_file": str(key)}]
+            config["dkim"] = {"keys": keys}
+        name = "gw+dkim" if dkim else "gateway"
+        with GatewayProcess(workdir / name, config) as gw:
+            return measure(name, gw.port, sink, args)
 
 
 def run_postfix(sink: Sink, args: argparse.Namespace) -> dict[str, float]:
@@ -129,6 +139,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=2048, help="message body bytes")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per phase")
+    parser.add_argument(
+        "--dkim", action="store_true", help="also run the gateway signing with RSA-2048"
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "nsd"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -143,11 +156,16 @@ def main() -> None:
         sink = Sink(workdir, free_port(SINK_IP))
         try:
             gateway = run_gateway(workdir, sink, args)
+            signing = run_gateway(workdir, sink, args, dkim=True) if args.dkim else None
             postfix = run_postfix(sink, args)
         finally:
             sink.stop()
     for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
         print(f"ratio gateway/postfix, {label}: {gateway[key] / postfix[key]:.2f}")
+        if signing:
+            print(
+                f"ratio gateway+dkim/postfix (unsigned), {label}: {signing[key] / postfix[key]:.2f}"
+            )
 
 
 POSTFIX_MAIN_CF = """\
