@@ -10,6 +10,7 @@ pub mod message_scan;
 pub mod message_view;
 pub mod mime_tree;
 pub mod queue_id;
+pub mod shaping;
 pub mod transparency;
 
 pub use dkim::{Signer, SignerConfig};
