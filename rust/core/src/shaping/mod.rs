@@ -5,6 +5,7 @@
 //! never sleep.
 
 pub mod backoff;
+pub mod queues;
 pub mod rate;
 pub mod recovery;
 pub mod window;
