@@ -16,6 +16,7 @@ __all__ = [
     "MessageView",
     "MimePart",
     "PreparedMessage",
+    "SchedulerQueues",
     "__version__",
     "dot_stuff",
     "new_queue_id",
@@ -195,3 +196,46 @@ def prepare_message(
 
 def sign_message(data: bytes, signers: Sequence[DkimSigner]) -> bytes:
     """data with one DKIM-Signature per signer prepended; GIL released."""
+
+@final
+class SchedulerQueues:
+    """The Rust scheduler's queues (issue 4, in progress: not used by delivery yet).
+
+    Times are seconds of the caller's monotonic clock; "" means no tenant/campaign.
+    """
+
+    def __new__(cls) -> SchedulerQueues: ...
+    def __len__(self) -> int: ...
+    def insert(
+        self,
+        qid: str,
+        source: str,
+        site: str,
+        due: float,
+        tenant: str = "",
+        campaign: str = "",
+        attempts: int = 0,
+    ) -> int:
+        """Queue one message for an attempt at `due`; returns its slot."""
+    def insert_many(
+        self, messages: Sequence[tuple[str, str, str, float, str, str, int]]
+    ) -> list[int]:
+        """Queue many (qid, source, site, due, tenant, campaign, attempts); GIL released."""
+    def take_ready(
+        self, now: float, max: int
+    ) -> tuple[list[tuple[int, str, str, str, str, str, int]], float | None]:
+        """Up to `max` (slot, qid, source, site, tenant, campaign, attempts) ready
+        messages, and when to ask again for what rates or suspensions held back."""
+    def finish_many(self, slots: Sequence[int]) -> None:
+        """These attempts ended for good; GIL released."""
+    def finish(self, slot: int) -> None: ...
+    def retry(self, slot: int, due: float) -> None:
+        """The attempt was deferred: try again at `due`."""
+    def set_rate(self, source: str, site: str, rate: str | None) -> None:
+        """Limit the (source, site) lane to a rate like "100/s"; None lifts it."""
+    def suspend(self, kind: str, name: str, until: float) -> None:
+        """Hold a site, source, tenant or campaign until `until`."""
+    def resume(self, kind: str, name: str) -> None: ...
+    def next_due(self) -> float | None: ...
+    def memory_per_message(self) -> int:
+        """Bytes held per queued message."""

@@ -8,6 +8,7 @@ mod dkim;
 mod errors;
 mod prepare;
 mod scan;
+mod scheduler;
 mod view;
 
 use pyo3::prelude::*;
@@ -31,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<prepare::Finding>()?;
     m.add_class::<prepare::PreparedMessage>()?;
     m.add_class::<dkim::DkimSigner>()?;
+    m.add_class::<scheduler::SchedulerQueues>()?;
     m.add_function(wrap_pyfunction!(scan::scan_message, m)?)?;
     m.add_function(wrap_pyfunction!(scan::new_queue_id, m)?)?;
     m.add_function(wrap_pyfunction!(scan::dot_stuff, m)?)?;

@@ -1,0 +1,222 @@
+//! `SchedulerQueues`: the Rust scheduler's queues for Python (issue 4, in
+//! progress; the delivery engine does not use it yet). Names of sources,
+//! sites, tenants and campaigns are interned here; times are seconds of the
+//! caller's monotonic clock.
+
+use gateway_core::shaping::queues::{QueueKey, Queues, Scope, SlotId};
+use gateway_core::shaping::rate::Rate;
+use gateway_core::shaping::Nanos;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use std::collections::HashMap;
+
+fn to_nanos(seconds: f64) -> Nanos {
+    (seconds.max(0.0) * 1e9) as Nanos
+}
+
+fn to_seconds(nanos: Nanos) -> f64 {
+    nanos as f64 / 1e9
+}
+
+fn qid_bytes(qid: &str) -> PyResult<[u8; 16]> {
+    qid.as_bytes().try_into().map_err(|_| {
+        PyValueError::new_err(format!("queue ID must be 16 ASCII characters: {qid:?}"))
+    })
+}
+
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    /// "" is id 0 (none).
+    fn id(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        self.names.push(name.to_owned());
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        if id == 0 {
+            ""
+        } else {
+            &self.names[id as usize - 1]
+        }
+    }
+}
+
+/// (qid, source, site, due, tenant, campaign, attempts) as `insert_many` takes it.
+type NewMessage = (String, String, String, f64, String, String, u16);
+
+/// A message handed out: (slot, qid, source, site, tenant, campaign, attempts).
+type TakenTuple = (u32, String, String, String, String, String, u16);
+
+#[pyclass(module = "gateway._core")]
+pub struct SchedulerQueues {
+    queues: Queues,
+    names: Names,
+}
+
+impl SchedulerQueues {
+    fn key(&mut self, source: &str, site: &str, tenant: &str, campaign: &str) -> QueueKey {
+        QueueKey {
+            source: self.names.id(source),
+            site: self.names.id(site),
+            tenant: self.names.id(tenant),
+            campaign: self.names.id(campaign),
+        }
+    }
+}
+
+#[pymethods]
+impl SchedulerQueues {
+    #[new]
+    fn new() -> Self {
+        Self {
+            queues: Queues::new(),
+            names: Names::default(),
+        }
+    }
+
+    fn __len__(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Queue one message for an attempt at `due`; returns its slot.
+    #[pyo3(signature = (qid, source, site, due, tenant = "", campaign = "", attempts = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        qid: &str,
+        source: &str,
+        site: &str,
+        due: f64,
+        tenant: &str,
+        campaign: &str,
+        attempts: u16,
+    ) -> PyResult<u32> {
+        let key = self.key(source, site, tenant, campaign);
+        Ok(self
+            .queues
+            .insert(qid_bytes(qid)?, key, to_nanos(due), attempts))
+    }
+
+    /// Queue many messages; the queue work runs with the GIL released.
+    fn insert_many(&mut self, py: Python<'_>, messages: Vec<NewMessage>) -> PyResult<Vec<u32>> {
+        let mut prepared = Vec::with_capacity(messages.len());
+        for (qid, source, site, due, tenant, campaign, attempts) in &messages {
+            let key = self.key(source, site, tenant, campaign);
+            prepared.push((qid_bytes(qid)?, key, to_nanos(*due), *attempts));
+        }
+        let queues = &mut self.queues;
+        Ok(py.detach(|| {
+            prepared
+                .into_iter()
+                .map(|(qid, key, due, attempts)| queues.insert(qid, key, due, attempts))
+                .collect()
+        }))
+    }
+
+    /// Up to `max` ready messages, keys in turn, under lane rates and
+    /// suspensions; and when to ask again for what was held back.
+    fn take_ready(
+        &mut self,
+        py: Python<'_>,
+        now: f64,
+        max: usize,
+    ) -> (Vec<TakenTuple>, Option<f64>) {
+        let queues = &mut self.queues;
+        let (taken, wake) = py.detach(|| queues.take_ready(to_nanos(now), max));
+        let names = &self.names;
+        let out = taken
+            .into_iter()
+            .map(|t| {
+                (
+                    t.slot,
+                    String::from_utf8_lossy(&t.qid).into_owned(),
+                    names.name(t.key.source).to_owned(),
+                    names.name(t.key.site).to_owned(),
+                    names.name(t.key.tenant).to_owned(),
+                    names.name(t.key.campaign).to_owned(),
+                    t.attempts,
+                )
+            })
+            .collect();
+        (out, wake.map(to_seconds))
+    }
+
+    /// The attempts of these slots ended for good.
+    fn finish_many(&mut self, py: Python<'_>, slots: Vec<SlotId>) {
+        let queues = &mut self.queues;
+        py.detach(|| slots.into_iter().for_each(|s| queues.finish(s)));
+    }
+
+    fn finish(&mut self, slot: SlotId) {
+        self.queues.finish(slot);
+    }
+
+    /// The attempt of `slot` was deferred: try again at `due`.
+    fn retry(&mut self, slot: SlotId, due: f64) {
+        self.queues.retry(slot, to_nanos(due));
+    }
+
+    /// Limit the (source, site) lane to `rate` (like "100/s"); None lifts it.
+    #[pyo3(signature = (source, site, rate))]
+    fn set_rate(&mut self, source: &str, site: &str, rate: Option<&str>) -> PyResult<()> {
+        let rate = rate
+            .map(|r| r.parse::<Rate>())
+            .transpose()
+            .map_err(|e| PyValueError::new_err(e.0))?;
+        let (source, site) = (self.names.id(source), self.names.id(site));
+        self.queues.set_rate(source, site, rate);
+        Ok(())
+    }
+
+    /// Hold a site, source, tenant or campaign until `until`.
+    fn suspend(&mut self, kind: &str, name: &str, until: f64) -> PyResult<()> {
+        let scope = self.scope(kind, name)?;
+        self.queues.suspend(scope, to_nanos(until));
+        Ok(())
+    }
+
+    fn resume(&mut self, kind: &str, name: &str) -> PyResult<()> {
+        let scope = self.scope(kind, name)?;
+        self.queues.resume(scope);
+        Ok(())
+    }
+
+    fn next_due(&mut self) -> Option<f64> {
+        self.queues.next_due().map(to_seconds)
+    }
+
+    /// Bytes held per queued message.
+    fn memory_per_message(&self) -> usize {
+        self.queues.memory_per_message()
+    }
+}
+
+impl SchedulerQueues {
+    fn scope(&mut self, kind: &str, name: &str) -> PyResult<Scope> {
+        let id = self.names.id(name);
+        Ok(match kind {
+            "site" => Scope::Site(id),
+            "source" => Scope::Source(id),
+            "tenant" => Scope::Tenant(id),
+            "campaign" => Scope::Campaign(id),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown scope {kind:?}: use site, source, tenant or campaign"
+                )))
+            }
+        })
+    }
+}
