@@ -223,8 +223,8 @@ class SchedulerQueues:
         """Queue many (qid, source, site, due, tenant, campaign, attempts); GIL released."""
     def take_ready(
         self, now: float, max: int
-    ) -> tuple[list[tuple[int, str, str, str, str, str, int]], float | None]:
-        """Up to `max` (slot, qid, source, site, tenant, campaign, attempts) ready
+    ) -> tuple[list[tuple[int, str, tuple[str, str, str, str], int]], float | None]:
+        """Up to `max` (slot, qid, (source, site, tenant, campaign), attempts) ready
         messages, and when to ask again for what rates or suspensions held back."""
     def finish_many(self, slots: Sequence[int]) -> None:
         """These attempts ended for good; GIL released."""

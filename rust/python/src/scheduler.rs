@@ -8,6 +8,7 @@ use gateway_core::shaping::rate::Rate;
 use gateway_core::shaping::Nanos;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
 use std::collections::HashMap;
 
 fn to_nanos(seconds: f64) -> Nanos {
@@ -57,13 +58,15 @@ impl Names {
 /// (qid, source, site, due, tenant, campaign, attempts) as `insert_many` takes it.
 type NewMessage = (String, String, String, f64, String, String, u16);
 
-/// A message handed out: (slot, qid, source, site, tenant, campaign, attempts).
-type TakenTuple = (u32, String, String, String, String, String, u16);
+/// A message handed out: (slot, qid, (source, site, tenant, campaign), attempts).
+type TakenTuple<'py> = (u32, Bound<'py, PyString>, Bound<'py, PyTuple>, u16);
 
 #[pyclass(module = "gateway._core")]
 pub struct SchedulerQueues {
     queues: Queues,
     names: Names,
+    /// One Python tuple per queue key, reused for every message handed out.
+    key_tuples: HashMap<QueueKey, Py<PyTuple>>,
 }
 
 impl SchedulerQueues {
@@ -84,6 +87,7 @@ impl SchedulerQueues {
         Self {
             queues: Queues::new(),
             names: Names::default(),
+            key_tuples: HashMap::new(),
         }
     }
 
@@ -128,30 +132,33 @@ impl SchedulerQueues {
 
     /// Up to `max` ready messages, keys in turn, under lane rates and
     /// suspensions; and when to ask again for what was held back.
-    fn take_ready(
+    fn take_ready<'py>(
         &mut self,
-        py: Python<'_>,
+        py: Python<'py>,
         now: f64,
         max: usize,
-    ) -> (Vec<TakenTuple>, Option<f64>) {
+    ) -> PyResult<(Vec<TakenTuple<'py>>, Option<f64>)> {
         let queues = &mut self.queues;
         let (taken, wake) = py.detach(|| queues.take_ready(to_nanos(now), max));
-        let names = &self.names;
-        let out = taken
-            .into_iter()
-            .map(|t| {
-                (
-                    t.slot,
-                    String::from_utf8_lossy(&t.qid).into_owned(),
-                    names.name(t.key.source).to_owned(),
-                    names.name(t.key.site).to_owned(),
-                    names.name(t.key.tenant).to_owned(),
-                    names.name(t.key.campaign).to_owned(),
-                    t.attempts,
-                )
-            })
-            .collect();
-        (out, wake.map(to_seconds))
+        let mut out = Vec::with_capacity(taken.len());
+        for t in taken {
+            let key = match self.key_tuples.get(&t.key) {
+                Some(tuple) => tuple.bind(py).clone(),
+                None => {
+                    let names = &self.names;
+                    let tuple = PyTuple::new(
+                        py,
+                        [t.key.source, t.key.site, t.key.tenant, t.key.campaign]
+                            .map(|id| names.name(id)),
+                    )?;
+                    self.key_tuples.insert(t.key, tuple.clone().unbind());
+                    tuple
+                }
+            };
+            let qid = std::str::from_utf8(&t.qid).unwrap_or("????????????????");
+            out.push((t.slot, PyString::new(py, qid), key, t.attempts));
+        }
+        Ok((out, wake.map(to_seconds)))
     }
 
     /// The attempts of these slots ended for good.
