@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
 from gateway.log import setup_logging
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         keys = KeyStore(config.dkim)
     except (ConfigError, KeyLoadError) as exc:
         print(f"gateway: configuration error in {exc}", file=sys.stderr)
+        return 2
+    unbindable = SourcePicker(config.egress, config.helo_name).unbindable()
+    if unbindable:
+        print(f"gateway: configuration error in {path}:", *unbindable, sep="\n", file=sys.stderr)
         return 2
     if args.command == "check-config":
         print(f"{path}: OK ({len(keys.signers)} DKIM keys)")

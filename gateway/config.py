@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway._core import DEFAULT_SIGNED_HEADERS, LINT_CODES
 
@@ -129,6 +137,59 @@ class DeliveryConfig(_Section):
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
 
 
+class EgressSource(_Section):
+    """A local address outbound connections bind to, and the name it says in EHLO."""
+
+    name: str
+    address: str
+    ehlo: str = ""
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class EgressPool(_Section):
+    """A weighted set of sources."""
+
+    name: str
+    sources: dict[str, int]
+
+    @field_validator("sources")
+    @classmethod
+    def _weights(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:
+            raise ValueError("a pool needs at least one source")
+        for source, weight in value.items():
+            if weight < 1:
+                raise ValueError(f"weight of {source!r} must be at least 1")
+        return value
+
+
+class EgressConfig(_Section):
+    sources: list[EgressSource] = []
+    pools: list[EgressPool] = []
+    default_pool: str = ""
+
+    @model_validator(mode="after")
+    def _references(self) -> EgressConfig:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError("egress source names must be unique")
+        pools = {p.name for p in self.pools}
+        if len(pools) != len(self.pools):
+            raise ValueError("egress pool names must be unique")
+        for pool in self.pools:
+            for source in pool.sources:
+                if source not in names:
+                    raise ValueError(f"pool {pool.name!r} names unknown source {source!r}")
+        if self.default_pool and self.default_pool not in pools:
+            raise ValueError(f"default_pool {self.default_pool!r} is not a pool")
+        return self
+
+
 class DnsConfig(_Section):
     nameservers: list[str] = []
     port: int = Field(default=53, ge=1, le=65535)
@@ -208,6 +269,7 @@ class Config(_Section):
     node: NodeConfig = NodeConfig()
     smtp: SmtpConfig = SmtpConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    egress: EgressConfig = EgressConfig()
     dns: DnsConfig = DnsConfig()
     retry: RetryConfig = RetryConfig()
     message: MessageConfig = MessageConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ def test_durations(text: str | int, seconds: float) -> None:
         ('[message]\nreject = ["from-missing"]\n', "unknown lint code 'from-missing'"),
         ('[dkim]\non_failure = "ignore"\n', "dkim.on_failure"),
         ('[[dkim.keys]]\ndomain = "a.test"\n', "dkim.keys.0.selector: Field required"),
+        (
+            '[[egress.pools]]\nname = "p"\nsources = {x = 1}\n',
+            "pool 'p' names unknown source 'x'",
+        ),
+        ('[[egress.sources]]\nname = "a"\naddress = "not-an-ip"\n', "egress.sources.0.address"),
     ],
 )
 def test_bad_config_names_key(tmp_path: Path, toml: str, needle: str) -> None:
@@ -87,3 +93,12 @@ def test_dkim_records_cli(tmp_path: Path) -> None:
     out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
     assert out.startswith("s1._domainkey.a.test. IN TXT (")
     assert "".join(re.findall(r'"([^"]*)"', out)) == public_record(key)
+
+
+def test_documented_example_is_valid() -> None:
+    """The example at the end of docs/configuration.md loads as it is."""
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    example = doc.split("## Example", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    config = Config.model_validate(tomllib.loads(example))
+    assert config.egress.default_pool == "main"
+    assert [k.selector for k in config.dkim.keys] == ["s2026", "esp1"]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from gateway.config import Config
 from gateway.delivery.dsn import Failure, build_dsn
+from gateway.delivery.egress import SourcePicker
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
@@ -62,6 +63,7 @@ class DeliveryEngine:
         self._config = config
         self._spool = spool
         self._resolver = resolver
+        self.sources = SourcePicker(config.egress, config.helo_name)
         self._scheduler = RetryScheduler(config.retry)
         self._messages: dict[str, SpooledMessage] = {}
         self._ready: dict[str, deque[Job]] = defaultdict(deque)
@@ -180,16 +182,20 @@ class DeliveryEngine:
     ) -> tuple[SmtpConnection | None, MxHost | None, str]:
         cfg = self._config
         error = "no MX host answered"
+        source = self.sources.pick()
         for host in hosts:
             for address in host.addresses:
+                if source and (":" in source.address) != (":" in address):
+                    continue  # an IPv4 source cannot reach an IPv6 MX, and back
                 try:
                     conn = await SmtpConnection.open(
                         address,
                         cfg.delivery.port,
-                        helo=cfg.helo_name,
+                        helo=source.ehlo if source else cfg.helo_name,
                         timeouts=cfg.delivery.timeouts,
                         starttls=cfg.delivery.starttls == "opportunistic",
                         server_name=host.name,
+                        source_address=source.address if source else None,
                     )
                 except SmtpError as exc:
                     error = f"{host.name}[{address}]: {exc}"
@@ -197,6 +203,7 @@ class DeliveryEngine:
                         "connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc)
                     )
                     continue
+                conn.source = source.name if source else ""
                 return conn, host, ""
         return None, None, error
 
@@ -225,7 +232,7 @@ class DeliveryEngine:
             outcomes = [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in indices]
         else:
             outcomes = classify(indices, result, host.name)
-        await self._complete(message, job.domain, outcomes, body, conn.peer)
+        await self._complete(message, job.domain, outcomes, body, conn.peer, conn.source)
 
     async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
         message = self._messages.get(job.qid)
@@ -244,6 +251,7 @@ class DeliveryEngine:
         outcomes: list[Outcome],
         body: bytes | None,
         peer_ip: str,
+        source: str = "",
     ) -> None:
         env = message.envelope
         now = time.time()
@@ -281,6 +289,8 @@ class DeliveryEngine:
                 "attempts": attempts,
                 "delay": round(now - env.received_at, 3),
             }
+            if source:
+                fields["source"] = source
             if "n" in record:
                 fields["next_attempt"] = record["n"]
             event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)

@@ -91,6 +91,7 @@ class SmtpConnection:
         self.extensions: dict[str, str] = {}
         self.tls = False
         self.broken = False
+        self.source = ""  # name of the egress source it is bound to, if any
 
     @classmethod
     async def open(

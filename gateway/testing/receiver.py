@@ -28,6 +28,7 @@ class Received:
     client_port: int = 0
     tls: bool = False
     esmtp_params: tuple[str, ...] = ()
+    helo: str = ""
 
 
 class _Handler:
@@ -70,6 +71,7 @@ class _Handler:
                     int(session.peer[1]),
                     session.ssl is not None,
                     tuple(envelope.mail_options),
+                    str(session.host_name or ""),
                 )
             )
         return "250 2.0.0 OK accepted"
