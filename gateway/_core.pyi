@@ -21,6 +21,7 @@ __all__ = [
     "dot_stuff",
     "new_queue_id",
     "parse_message",
+    "parse_rate",
     "prepare_message",
     "scan_message",
     "sign_message",
@@ -193,6 +194,9 @@ def prepare_message(
     date: str | None = None,
 ) -> PreparedMessage:
     """Normalise, parse, lint, and add Date / Message-ID / MIME-Version when missing."""
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """A rate like "100/s" or "2000/h" as (count, period in seconds); ValueError if not."""
 
 def sign_message(data: bytes, signers: Sequence[DkimSigner]) -> bytes:
     """data with one DKIM-Signature per signer prepended; GIL released."""

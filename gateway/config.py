@@ -289,7 +289,8 @@ class ConfigError(Exception):
     """A configuration problem, with the dotted key and the reason."""
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
+    """One line per validation error: the dotted key, then what is wrong."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -314,4 +315,4 @@ def load_config(path: Path | str | None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}:\n{_describe(exc)}") from None
+        raise ConfigError(f"{path}:\n{describe_errors(exc)}") from None

@@ -39,5 +39,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(view::parse_message, m)?)?;
     m.add_function(wrap_pyfunction!(prepare::prepare_message, m)?)?;
     m.add_function(wrap_pyfunction!(dkim::sign_message, m)?)?;
+    m.add_function(wrap_pyfunction!(scheduler::parse_rate, m)?)?;
     Ok(())
 }

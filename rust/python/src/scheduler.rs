@@ -61,6 +61,15 @@ type NewMessage = (String, String, String, f64, String, String, u16);
 /// A message handed out: (slot, qid, (source, site, tenant, campaign), attempts).
 type TakenTuple<'py> = (u32, Bound<'py, PyString>, Bound<'py, PyTuple>, u16);
 
+/// Parse a rate like "100/s" or "2000/h": (count, period in seconds).
+#[pyfunction]
+pub fn parse_rate(text: &str) -> PyResult<(u64, f64)> {
+    let rate: Rate = text
+        .parse()
+        .map_err(|e: gateway_core::shaping::rate::RateError| PyValueError::new_err(e.0))?;
+    Ok((rate.count, to_seconds(rate.period)))
+}
+
 #[pyclass(module = "gateway._core")]
 pub struct SchedulerQueues {
     queues: Queues,
