@@ -1,16 +1,17 @@
-"""When each delivery job runs next: a timer heap and exponential backoff.
+"""When each delivery job runs next, kept in the Rust scheduler's queues.
 
-This is the seam the Rust scheduler (issue 4) replaces: the delivery engine
-only calls `add`, `pop_due`, `next_due` and `backoff`.
+The delivery engine only calls `add`, `pop_due`, `next_due` and `backoff`.
+Issue 4 (in progress) grows this into per-(source, site) ready queues with
+rates, suspensions and automation; today every job's queue key is its
+destination domain and no rate applies.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from dataclasses import dataclass, field
 
+from gateway._core import SchedulerQueues
 from gateway.config import RetryConfig
 
 
@@ -26,23 +27,28 @@ class Job:
 class RetryScheduler:
     def __init__(self, config: RetryConfig) -> None:
         self._config = config
-        self._heap: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
+        self._queues = SchedulerQueues()
+        self._jobs: dict[int, Job] = {}  # slot in the Rust queues -> job
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._jobs)
 
     def add(self, job: Job, at: float) -> None:
-        heapq.heappush(self._heap, (at, next(self._seq), job))
+        slot = self._queues.insert(job.qid, "", job.domain, at)
+        self._jobs[slot] = job
 
     def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        return self._queues.next_due()
 
     def pop_due(self, now: float) -> list[Job]:
-        due = []
-        while self._heap and self._heap[0][0] <= now:
-            due.append(heapq.heappop(self._heap)[2])
-        return due
+        due: list[Job] = []
+        while True:
+            taken, _ = self._queues.take_ready(now, 1000)
+            if not taken:
+                return due
+            slots = [slot for slot, *_ in taken]
+            due += [self._jobs.pop(slot) for slot in slots]
+            self._queues.finish_many(slots)
 
     def backoff(self, attempts: int) -> float:
         """Delay before attempt `attempts + 1`: first · multiplier^(n-1), capped, ± jitter."""
