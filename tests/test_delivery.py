@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,6 +203,22 @@ def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> No
     assert b"\n" not in got.content.replace(b"\r\n", b"")
     received = gateway.wait_event("received", qid=qid)
     assert received["bare_lf"] == 6
+
+
+def test_domains_with_the_same_mx_hosts_share_one_connection(
+    tmp_path: Path, base_config: dict[str, Any], mx: Mx
+) -> None:
+    """MX rollup: good.test and rollup.test list the same MX hosts, so they are one
+    site; with one connection per site, both go over the same connection."""
+    limits = {"max_connections_per_destination": 1, "max_messages_per_connection": 10}
+    config = {**base_config, "delivery": {**base_config["delivery"], **limits}}
+    with GatewayProcess(tmp_path, config) as gw:
+        qid = send(gw.port, "app@sender.test", ["ann@good.test", "bob@rollup.test"])
+        for rcpt in ("ann@good.test", "bob@rollup.test"):
+            gw.wait_event("delivered", qid=qid, rcpt=rcpt)
+    (ann,) = mx.good1.received_by("ann@good.test")
+    (bob,) = mx.good1.received_by("bob@rollup.test")
+    assert ann.client_port == bob.client_port  # one connection, two transactions
 
 
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:

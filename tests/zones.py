@@ -18,6 +18,8 @@ MX = {
 ZONE = [
     "good MX 10 mx1.good",
     "good MX 20 mx2.good",
+    "rollup MX 20 mx2.good",  # the same MX set as good.test, listed the other way round
+    "rollup MX 10 MX1.good",
     f"mx1.good A {MX['good1']}",
     f"mx2.good A {MX['good2']}",
     "fallback MX 10 mx1.fallback",

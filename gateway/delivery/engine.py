@@ -14,13 +14,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.config import Config
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import SourcePicker
-from gateway.delivery.resolver import DnsError, MxHost, MxResolver
+from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
 from gateway.scheduler import Job, RetryScheduler
@@ -66,8 +67,12 @@ class DeliveryEngine:
         self.sources = SourcePicker(config.egress, config.helo_name)
         self._scheduler = RetryScheduler(config.retry)
         self._messages: dict[str, SpooledMessage] = {}
-        self._ready: dict[str, deque[Job]] = defaultdict(deque)
-        self._active: dict[str, int] = defaultdict(int)
+        # Due jobs are routed by domain to their site (MX rollup); sessions,
+        # connection limits and ready queues are per site.
+        self._resolving: dict[str, list[Job]] = {}  # domain -> jobs awaiting its MX lookup
+        self._sites: dict[str, list[MxHost]] = {}  # site -> its MX hosts
+        self._ready: dict[str, deque[Job]] = defaultdict(deque)  # site -> due jobs
+        self._active: dict[str, int] = defaultdict(int)  # site -> open sessions
         self._total_active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -95,7 +100,7 @@ class DeliveryEngine:
     async def run(self) -> None:
         while not self._stopping:
             for job in self._scheduler.pop_due(time.time()):
-                self._ready[job.domain].append(job)
+                self._route(job)
             self._dispatch()
             due = self._scheduler.next_due()
             timeout = None if due is None else max(0.0, due - time.time())
@@ -103,23 +108,60 @@ class DeliveryEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _route(self, job: Job) -> None:
+        """Queue a due job at its domain's site, looking the MX up first if needed."""
+        hosts = self._resolver.cached(job.domain)
+        if hosts is not None:
+            self._enqueue(site_of(hosts), hosts, [job])
+            return
+        waiting = self._resolving.get(job.domain)
+        if waiting is not None:
+            waiting.append(job)
+            return
+        self._resolving[job.domain] = [job]
+        self._spawn(self._resolve(job.domain), f"resolve:{job.domain}")
+
+    def _enqueue(self, site: str, hosts: list[MxHost], jobs: list[Job]) -> None:
+        self._sites[site] = hosts
+        self._ready[site].extend(jobs)
+
+    async def _resolve(self, domain: str) -> None:
+        try:
+            hosts = await self._resolver.resolve(domain)
+        except DnsError as exc:
+            kind: Kind = "bounced" if exc.permanent else "deferred"
+            for job in self._resolving.pop(domain, []):
+                await self._fail_job(job, kind, exc.status, str(exc), "")
+            return
+        except Exception:
+            event("delivery_session_error", logging.ERROR, exc=True, domain=domain)
+            for job in self._resolving.pop(domain, []):
+                await self._fail_job(job, "deferred", "4.4.3", "MX lookup failed", "")
+            return
+        finally:
+            self._wake.set()
+        self._enqueue(site_of(hosts), hosts, self._resolving.pop(domain, []))
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _dispatch(self) -> None:
         limits = self._config.delivery
-        for domain in list(self._ready):
-            queue = self._ready[domain]
+        for site in list(self._ready):
+            queue = self._ready[site]
             if not queue:
-                if not self._active.get(domain):
-                    del self._ready[domain]
+                if not self._active.get(site):
+                    del self._ready[site]
                 continue
             wanted = min(len(queue), limits.max_connections_per_destination)
             while (
-                self._active.get(domain, 0) < wanted and self._total_active < limits.max_connections
+                self._active.get(site, 0) < wanted and self._total_active < limits.max_connections
             ):
-                self._active[domain] += 1
+                self._active[site] += 1
                 self._total_active += 1
-                task = asyncio.create_task(self._session(domain), name=f"deliver:{domain}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._session(site), f"deliver:{site}")
 
     async def stop(self, grace: float) -> None:
         """Start no new sessions; give running ones `grace` seconds, then cancel."""
@@ -134,40 +176,33 @@ class DeliveryEngine:
 
     # -- one connection --------------------------------------------------------
 
-    async def _session(self, domain: str) -> None:
+    async def _session(self, site: str) -> None:
         try:
-            await self._session_inner(domain)
+            await self._session_inner(site)
         except Exception:
-            event("delivery_session_error", logging.ERROR, exc=True, domain=domain)
+            event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
-            self._active[domain] -= 1
-            if not self._active[domain]:
-                del self._active[domain]
+            self._active[site] -= 1
+            if not self._active[site]:
+                del self._active[site]
             self._total_active -= 1
             self._wake.set()
 
-    def _take_all(self, domain: str) -> list[Job]:
-        queue = self._ready.get(domain)
+    def _take_all(self, site: str) -> list[Job]:
+        queue = self._ready.get(site)
         jobs = list(queue) if queue else []
         if queue:
             queue.clear()
         return jobs
 
-    async def _session_inner(self, domain: str) -> None:
-        try:
-            hosts = await self._resolver.resolve(domain)
-        except DnsError as exc:
-            kind: Kind = "bounced" if exc.permanent else "deferred"
-            for job in self._take_all(domain):
-                await self._fail_job(job, kind, exc.status, str(exc), "")
-            return
-        conn, host, error = await self._connect(hosts)
+    async def _session_inner(self, site: str) -> None:
+        conn, host, error = await self._connect(shuffle_equal(self._sites[site]))
         if conn is None or host is None:
-            for job in self._take_all(domain):
+            for job in self._take_all(site):
                 await self._fail_job(job, "deferred", "4.4.1", error, "")
             return
         sent = 0
-        queue = self._ready[domain]
+        queue = self._ready[site]
         try:
             while queue and not conn.broken and not self._stopping:
                 if sent >= self._config.delivery.max_messages_per_connection:

@@ -50,15 +50,20 @@ class MxResolver:
         self._resolver.timeout = min(config.timeout, 3.0)
         self._cache: dict[str, tuple[float, list[MxHost]]] = {}
 
+    def cached(self, domain: str) -> list[MxHost] | None:
+        """The hosts of a fresh cache entry, without a lookup (None if none)."""
+        hit = self._cache.get(domain)
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
     async def resolve(self, domain: str) -> list[MxHost]:
         """MX hosts in the order to try them, each with its addresses."""
         now = time.monotonic()
         hit = self._cache.get(domain)
         if hit and hit[0] > now:
-            return _shuffle_equal(hit[1])
+            return shuffle_equal(hit[1])
         hosts, ttl = await self._lookup(domain)
         self._cache[domain] = (now + min(ttl, CACHE_MAX_SECONDS), hosts)
-        return _shuffle_equal(hosts)
+        return shuffle_equal(hosts)
 
     async def _lookup(self, domain: str) -> tuple[list[MxHost], float]:
         literal = _address_literal(domain)
@@ -133,7 +138,16 @@ def _address_literal(domain: str) -> str | None:
         raise DnsError(f"bad address literal {domain}", permanent=True, status="5.1.2") from None
 
 
-def _shuffle_equal(hosts: list[MxHost]) -> list[MxHost]:
+def shuffle_equal(hosts: list[MxHost]) -> list[MxHost]:
     """Same order by preference; hosts of equal preference in random order."""
     keyed = [(h.preference, random.random(), h) for h in hosts]
     return [h for _, _, h in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+def site_of(hosts: list[MxHost]) -> str:
+    """The site mail goes to: its MX host names, sorted (MX rollup).
+
+    Domains whose MX hosts are the same share a site, and with it connections
+    and limits: a thousand Google Workspace domains are one site.
+    """
+    return ",".join(sorted({h.name.lower().rstrip(".") for h in hosts}))
