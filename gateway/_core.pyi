@@ -16,6 +16,7 @@ __all__ = [
     "MessageView",
     "MimePart",
     "PreparedMessage",
+    "RateLimiter",
     "SchedulerQueues",
     "__version__",
     "dot_stuff",
@@ -200,6 +201,14 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 def sign_message(data: bytes, signers: Sequence[DkimSigner]) -> bytes:
     """data with one DKIM-Signature per signer prepended; GIL released."""
+
+@final
+class RateLimiter:
+    """A GCRA limiter for a rate like "100/s": a burst of N, then one per period/N."""
+
+    def __new__(cls, rate: str) -> RateLimiter: ...
+    def try_take(self, now: float) -> float:
+        """Take one event at `now` (seconds): 0.0 if allowed, else seconds to wait."""
 
 @final
 class SchedulerQueues:

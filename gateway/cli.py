@@ -10,6 +10,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
 from gateway.log import setup_logging
+from gateway.shaping import load_shaping
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(path)
         keys = KeyStore(config.dkim)
+        load_shaping(config.delivery.shaping_files)
     except (ConfigError, KeyLoadError) as exc:
         print(f"gateway: configuration error in {exc}", file=sys.stderr)
         return 2

@@ -134,6 +134,7 @@ class DeliveryConfig(_Section):
     max_connections_per_destination: int = Field(default=10, ge=1)
     max_messages_per_connection: int = Field(default=100, ge=1)
     starttls: Literal["opportunistic", "disabled"] = "opportunistic"
+    shaping_files: list[Path] = []
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
 
 

@@ -221,6 +221,18 @@ def test_domains_with_the_same_mx_hosts_share_one_connection(
     assert ann.client_port == bob.client_port  # one connection, two transactions
 
 
+def test_a_site_message_rate_holds(tmp_path: Path, base_config: dict[str, Any], mx: Mx) -> None:
+    """25 messages to one site at 10/s (a burst of 10, then one per 100 ms) take
+    at least (25 - 10) / 10 = 1.5 s from the first delivery to the last."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[domain."good.test"]\nmessage_rate = "10/s"\n')
+    config = {**base_config, "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]}}
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        qids = [send(gw.port, "app@sender.test", [f"rate{n}@good.test"]) for n in range(25)]
+        times = [gw.wait_event("delivered", qid=qid)["ts"] for qid in qids]
+    assert max(times) - min(times) >= 1.45
+
+
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:
     import socket
 

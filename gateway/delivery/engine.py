@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway._core import RateLimiter
 from gateway.config import Config
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import SourcePicker
@@ -25,6 +26,7 @@ from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equa
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
 from gateway.scheduler import Job, RetryScheduler
+from gateway.shaping import Resolved, load_shaping
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
 
 Kind = Literal["delivered", "bounced", "deferred"]
@@ -59,6 +61,11 @@ def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcom
     return outcomes
 
 
+# A session waits this long at most for its site's rate to allow the next
+# message while holding its connection; longer waits end the session.
+RATE_WAIT_IN_SESSION = 2.0
+
+
 class DeliveryEngine:
     def __init__(self, config: Config, spool: Spool, resolver: MxResolver) -> None:
         self._config = config
@@ -71,6 +78,10 @@ class DeliveryEngine:
         # connection limits and ready queues are per site.
         self._resolving: dict[str, list[Job]] = {}  # domain -> jobs awaiting its MX lookup
         self._sites: dict[str, list[MxHost]] = {}  # site -> its MX hosts
+        self._shaping = load_shaping(config.delivery.shaping_files)
+        self._rules: dict[str, Resolved] = {}  # site -> its shaping rules
+        self._limiters: dict[tuple[str, str], RateLimiter] = {}  # (source, site) -> rate
+        self._held_until: dict[str, float] = {}  # site -> when its rate lets it send again
         self._ready: dict[str, deque[Job]] = defaultdict(deque)  # site -> due jobs
         self._active: dict[str, int] = defaultdict(int)  # site -> open sessions
         self._total_active = 0
@@ -102,7 +113,10 @@ class DeliveryEngine:
             for job in self._scheduler.pop_due(time.time()):
                 self._route(job)
             self._dispatch()
-            due = self._scheduler.next_due()
+            due = min(
+                (t for t in (self._scheduler.next_due(), *self._held_until.values()) if t),
+                default=None,
+            )
             timeout = None if due is None else max(0.0, due - time.time())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -112,7 +126,7 @@ class DeliveryEngine:
         """Queue a due job at its domain's site, looking the MX up first if needed."""
         hosts = self._resolver.cached(job.domain)
         if hosts is not None:
-            self._enqueue(site_of(hosts), hosts, [job])
+            self._enqueue(job.domain, hosts, [job])
             return
         waiting = self._resolving.get(job.domain)
         if waiting is not None:
@@ -121,8 +135,11 @@ class DeliveryEngine:
         self._resolving[job.domain] = [job]
         self._spawn(self._resolve(job.domain), f"resolve:{job.domain}")
 
-    def _enqueue(self, site: str, hosts: list[MxHost], jobs: list[Job]) -> None:
+    def _enqueue(self, domain: str, hosts: list[MxHost], jobs: list[Job]) -> None:
+        site = site_of(hosts)
         self._sites[site] = hosts
+        if site not in self._rules:  # the first domain seen names the site's domain rules
+            self._rules[site] = self._shaping.resolve(domain, [h.name for h in hosts])
         self._ready[site].extend(jobs)
 
     async def _resolve(self, domain: str) -> None:
@@ -140,7 +157,7 @@ class DeliveryEngine:
             return
         finally:
             self._wake.set()
-        self._enqueue(site_of(hosts), hosts, self._resolving.pop(domain, []))
+        self._enqueue(domain, hosts, self._resolving.pop(domain, []))
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -149,13 +166,18 @@ class DeliveryEngine:
 
     def _dispatch(self) -> None:
         limits = self._config.delivery
+        now = time.time()
+        self._held_until = {s: t for s, t in self._held_until.items() if t > now}
         for site in list(self._ready):
             queue = self._ready[site]
             if not queue:
                 if not self._active.get(site):
                     del self._ready[site]
                 continue
-            wanted = min(len(queue), limits.max_connections_per_destination)
+            if site in self._held_until:
+                continue
+            rules = self._rules[site]
+            wanted = min(len(queue), limits.max_connections_per_destination, rules.max_connections)
             while (
                 self._active.get(site, 0) < wanted and self._total_active < limits.max_connections
             ):
@@ -201,12 +223,27 @@ class DeliveryEngine:
             for job in self._take_all(site):
                 await self._fail_job(job, "deferred", "4.4.1", error, "")
             return
+        rules = self._rules[site]
+        per_connection = min(
+            self._config.delivery.max_messages_per_connection, rules.max_messages_per_connection
+        )
+        limiter = self._limiters.get((conn.source, site))
+        if limiter is None:
+            limiter = self._limiters[(conn.source, site)] = RateLimiter(rules.message_rate)
         sent = 0
         queue = self._ready[site]
         try:
             while queue and not conn.broken and not self._stopping:
-                if sent >= self._config.delivery.max_messages_per_connection:
+                if sent >= per_connection:
                     break
+                wait = limiter.try_take(time.monotonic())
+                if wait > RATE_WAIT_IN_SESSION:
+                    # A long wait: free the connection, come back when the rate allows.
+                    self._held_until[site] = time.time() + wait
+                    break
+                if wait:
+                    await asyncio.sleep(wait)
+                    continue
                 await self._deliver(conn, host, queue.popleft())
                 sent += 1
         finally:

@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<prepare::PreparedMessage>()?;
     m.add_class::<dkim::DkimSigner>()?;
     m.add_class::<scheduler::SchedulerQueues>()?;
+    m.add_class::<scheduler::RateLimiter>()?;
     m.add_function(wrap_pyfunction!(scan::scan_message, m)?)?;
     m.add_function(wrap_pyfunction!(scan::new_queue_id, m)?)?;
     m.add_function(wrap_pyfunction!(scan::dot_stuff, m)?)?;

@@ -70,6 +70,35 @@ pub fn parse_rate(text: &str) -> PyResult<(u64, f64)> {
     Ok((rate.count, to_seconds(rate.period)))
 }
 
+/// One GCRA rate limiter (e.g. one egress source towards one site).
+#[pyclass(module = "gateway._core")]
+pub struct RateLimiter {
+    rate: Rate,
+    gcra: gateway_core::shaping::rate::Gcra,
+}
+
+#[pymethods]
+impl RateLimiter {
+    #[new]
+    fn new(rate: &str) -> PyResult<Self> {
+        let rate = rate
+            .parse::<Rate>()
+            .map_err(|e| PyValueError::new_err(e.0))?;
+        Ok(Self {
+            rate,
+            gcra: Default::default(),
+        })
+    }
+
+    /// Take one event at `now` (seconds): 0.0 if allowed, else seconds to wait.
+    fn try_take(&mut self, now: f64) -> f64 {
+        match self.gcra.try_take(self.rate, to_nanos(now)) {
+            Ok(()) => 0.0,
+            Err(wait) => to_seconds(wait),
+        }
+    }
+}
+
 #[pyclass(module = "gateway._core")]
 pub struct SchedulerQueues {
     queues: Queues,
