@@ -233,6 +233,24 @@ def test_a_site_message_rate_holds(tmp_path: Path, base_config: dict[str, Any], 
     assert max(times) - min(times) >= 1.45
 
 
+def test_a_site_connection_limit_holds(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """With max_connections = 2 for the site, the receiving server never sees more
+    than two connections at once, though 12 slow deliveries are waiting."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[domain."slowconn.test"]\nmax_connections = 2\n')
+    config = {**base_config, "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]}}
+    with (
+        Receiver(MX["slowconn"], mx_port, data_delay=0.2) as slow,
+        GatewayProcess(tmp_path / "gw", config) as gw,
+    ):
+        qids = [send(gw.port, "app@sender.test", [f"c{n}@slowconn.test"]) for n in range(12)]
+        for qid in qids:
+            gw.wait_event("delivered", qid=qid)
+    assert slow.most_open_connections == 2
+
+
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:
     import socket
 

@@ -13,6 +13,7 @@ MX = {
     "sender": "127.0.0.10",
     "slow": "127.0.0.11",
     "down": "127.0.0.12",
+    "slowconn": "127.0.0.13",  # answers DATA slowly: for connection-limit tests
 }
 
 ZONE = [
@@ -37,4 +38,5 @@ ZONE = [
     f"mx.sender A {MX['sender']}",
     f"slow A {MX['slow']}",
     f"down A {MX['down']}",
+    f"slowconn A {MX['slowconn']}",
 ]

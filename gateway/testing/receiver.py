@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socketserver
 import ssl
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from gateway.testing.service import Service
 
@@ -58,6 +60,8 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         r = self.receiver
+        if r.data_delay:
+            await asyncio.sleep(r.data_delay)
         reply = r.data_policy(envelope) if r.data_policy else None
         if reply:
             return reply
@@ -77,6 +81,35 @@ class _Handler:
         return "250 2.0.0 OK accepted"
 
 
+class _CountingSMTP(SMTP):
+    """Counts open connections, so tests can check connection limits."""
+
+    def __init__(self, receiver: Receiver, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._receiver = receiver
+
+    def connection_made(self, transport: Any) -> None:
+        r = self._receiver
+        with r.lock:
+            r.open_connections += 1
+            r.most_open_connections = max(r.most_open_connections, r.open_connections)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        with self._receiver.lock:
+            self._receiver.open_connections -= 1
+        super().connection_lost(error)
+
+
+class _CountingController(Controller):
+    def __init__(self, receiver: Receiver, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._receiver = receiver
+
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self._receiver, self.handler, **self.SMTP_kwargs)
+
+
 class Receiver(Service):
     """An SMTP server on ip:port that records every message it accepts."""
 
@@ -89,6 +122,7 @@ class Receiver(Service):
         data_policy: Callable[[Any], str | None] | None = None,
         pipelining: bool = True,
         tls_context: ssl.SSLContext | None = None,
+        data_delay: float = 0.0,
     ) -> None:
         self.ip = ip
         self.port = port
@@ -98,7 +132,11 @@ class Receiver(Service):
         self.lock = threading.Lock()
         self.messages: list[Received] = []
         self.offered: Counter[str] = Counter()
-        self._controller = Controller(
+        self.data_delay = data_delay  # seconds before answering DATA: keeps connections busy
+        self.open_connections = 0
+        self.most_open_connections = 0
+        self._controller = _CountingController(
+            self,
             _Handler(self),
             hostname=ip,
             port=port,
