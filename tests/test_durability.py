@@ -147,3 +147,19 @@ def test_sigterm_lets_open_transaction_finish(tmp_path: Path, base_config: dict[
     sock.close()
     assert gw.stop() == 0
     assert qid in gw.spool_files()
+
+
+def test_next_attempt_time_survives_restart(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """A deferred recipient is retried at its recorded time after a restart:
+    not at once because the gateway started again, and not forgotten."""
+    config = {**base_config, "retry": {"first_interval": "4s", "jitter": 0.0}}
+    gw = GatewayProcess(tmp_path, config).start()
+    qid = send(gw.port, "app@sender.test", ["later@down.test"])
+    next_attempt = gw.wait_event("deferred", qid=qid)["next_attempt"]
+    assert gw.stop() == 0
+    with Receiver(MX["down"], mx_port), gw.start():
+        gw.wait_event("started", recovered=1)
+        delivered = gw.wait_event("delivered", qid=qid, timeout=20)
+    assert next_attempt - 0.05 <= delivered["ts"] <= next_attempt + 3.0
