@@ -7,10 +7,12 @@ __all__ = [
     "DEFAULT_SIGNED_HEADERS",
     "LINT_CODES",
     "MAX_LINE_OCTETS",
+    "AdaptiveLimit",
     "CoreError",
     "DkimKeyError",
     "DkimSignError",
     "DkimSigner",
+    "EventWindow",
     "Finding",
     "MessageScan",
     "MessageView",
@@ -201,6 +203,25 @@ def parse_rate(text: str) -> tuple[int, float]:
 
 def sign_message(data: bytes, signers: Sequence[DkimSigner]) -> bytes:
     """data with one DKIM-Signature per signer prepended; GIL released."""
+
+@final
+class EventWindow:
+    """Has something happened `count` times within `within` seconds ("N in D")?"""
+
+    def __new__(cls, count: int, within: float) -> EventWindow: ...
+    def record(self, now: float) -> bool:
+        """Record one event at `now`; True when the threshold is reached."""
+    def clear(self) -> None: ...
+
+@final
+class AdaptiveLimit:
+    """A limit that can be lowered and climbs back step by step after clean periods."""
+
+    def __new__(cls, configured: float, step: float, clean_period: float) -> AdaptiveLimit: ...
+    def lower(self, factor: float, now: float) -> None:
+        """Multiply the current value by `factor` at `now`."""
+    def value(self, now: float) -> float:
+        """The value in force at `now`, after the recovery steps that are due."""
 
 @final
 class RateLimiter:

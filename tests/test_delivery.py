@@ -251,6 +251,33 @@ def test_a_site_connection_limit_holds(
     assert slow.most_open_connections == 2
 
 
+def test_automation_suspends_a_site_after_matching_replies(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """Two 4.7.28 deferrals within a minute suspend the site for 3 s: the retries
+    (due after 1 s) wait for the suspension to end, then traffic resumes."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text(
+        '[[domain."throttled.test".automation]]\n'
+        "match = '4\\.7\\.28'\n"
+        'trigger = "2 in 1m"\naction = "suspend"\nduration = "3s"\n'
+    )
+    config = {
+        **base_config,
+        "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]},
+        "retry": {"first_interval": "1s", "jitter": 0.0},
+    }
+    throttle = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"
+    with (
+        Receiver(MX["throttled"], mx_port, rcpt_policy=lambda a, n: throttle if n == 1 else None),
+        GatewayProcess(tmp_path / "gw", config) as gw,
+    ):
+        qids = [send(gw.port, "app@sender.test", [f"t{n}@throttled.test"]) for n in range(2)]
+        suspended = gw.wait_event("automation", action="suspend")
+        times = [gw.wait_event("delivered", qid=qid, timeout=20)["ts"] for qid in qids]
+    assert min(times) >= suspended["ts"] + 3.0 - 0.05
+
+
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:
     import socket
 

@@ -72,3 +72,27 @@ def test_bad_rule_files_name_file_and_key(tmp_path: Path, text: str, needle: str
     with pytest.raises(ConfigError, match=r"bad\.toml") as caught:
         load_shaping([bad])
     assert needle in str(caught.value)
+
+
+def test_automation_lowers_rate_and_connections_of_the_site(tmp_path: Path) -> None:
+    """The shipped Outlook rules, driven through the delivery engine's automation:
+    three 4.7.650 replies halve the site's rate; one 4.7.652 halves its connections.
+    (Step-by-step recovery is covered by the Rust AdaptiveLimit tests.)"""
+    from gateway.config import Config
+    from gateway.delivery.engine import DeliveryEngine
+    from gateway.delivery.resolver import MxHost, MxResolver
+    from gateway.spool import Spool
+
+    config = Config()
+    engine = DeliveryEngine(config, Spool(tmp_path), MxResolver(config.dns))
+    hosts = [MxHost("hotmail-com.olc.protection.outlook.com", 10, ("127.0.0.1",))]
+    engine._enqueue("hotmail.com", hosts, [])
+    site = "hotmail-com.olc.protection.outlook.com"
+    assert engine._limiter("", site) is engine._limiter("", site)
+    reply = "451 4.7.650 The mail server has been temporarily rate limited (S775)"
+    assert [engine._automate(site, reply) for _ in range(3)] == [None, None, "reduce-rate"]
+    engine._limiter("", site)
+    assert engine._limiters[("", site)][0] == 0.5
+    assert engine._automate(site, "451 4.7.652 exceeded the maximum number of connections")
+    assert engine._connection_factor[site].value(0.0) == 0.5
+    assert engine._automate(site, "250 2.0.0 OK") is None

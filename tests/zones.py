@@ -14,6 +14,7 @@ MX = {
     "slow": "127.0.0.11",
     "down": "127.0.0.12",
     "slowconn": "127.0.0.13",  # answers DATA slowly: for connection-limit tests
+    "throttled": "127.0.0.14",  # answers like Gmail rate-limiting: for automation tests
 }
 
 ZONE = [
@@ -39,4 +40,5 @@ ZONE = [
     f"slow A {MX['slow']}",
     f"down A {MX['down']}",
     f"slowconn A {MX['slowconn']}",
+    f"throttled A {MX['throttled']}",
 ]

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway._core import RateLimiter
+from gateway._core import AdaptiveLimit, EventWindow, RateLimiter
 from gateway.config import Config
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import SourcePicker
@@ -26,7 +27,7 @@ from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equa
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
 from gateway.scheduler import Job, RetryScheduler
-from gateway.shaping import Resolved, load_shaping
+from gateway.shaping import Resolved, load_shaping, parse_trigger, scale_rate
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
 
 Kind = Literal["delivered", "bounced", "deferred"]
@@ -61,6 +62,10 @@ def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcom
     return outcomes
 
 
+# After an automation rule lowers a rate or connection limit, each clean
+# `duration` gives back this share of the configured value.
+RECOVERY_STEP = 0.25
+
 # A session waits this long at most for its site's rate to allow the next
 # message while holding its connection; longer waits end the session.
 RATE_WAIT_IN_SESSION = 2.0
@@ -80,8 +85,13 @@ class DeliveryEngine:
         self._sites: dict[str, list[MxHost]] = {}  # site -> its MX hosts
         self._shaping = load_shaping(config.delivery.shaping_files)
         self._rules: dict[str, Resolved] = {}  # site -> its shaping rules
-        self._limiters: dict[tuple[str, str], RateLimiter] = {}  # (source, site) -> rate
-        self._held_until: dict[str, float] = {}  # site -> when its rate lets it send again
+        self._limiters: dict[tuple[str, str], tuple[float, RateLimiter]] = {}  # (source, site)
+        self._held_until: dict[str, float] = {}  # site -> when it may send again (rate, suspension)
+        # Automation state: reply windows per (site, rule), and the factors that
+        # reduce a site's rate or connections and recover step by step.
+        self._windows: dict[tuple[str, int], EventWindow] = {}
+        self._rate_factor: dict[str, AdaptiveLimit] = {}
+        self._connection_factor: dict[str, AdaptiveLimit] = {}
         self._ready: dict[str, deque[Job]] = defaultdict(deque)  # site -> due jobs
         self._active: dict[str, int] = defaultdict(int)  # site -> open sessions
         self._total_active = 0
@@ -177,13 +187,60 @@ class DeliveryEngine:
             if site in self._held_until:
                 continue
             rules = self._rules[site]
-            wanted = min(len(queue), limits.max_connections_per_destination, rules.max_connections)
+            allowed = rules.max_connections
+            if site in self._connection_factor:
+                allowed = max(1, int(allowed * self._connection_factor[site].value(time.time())))
+            wanted = min(len(queue), limits.max_connections_per_destination, allowed)
             while (
                 self._active.get(site, 0) < wanted and self._total_active < limits.max_connections
             ):
                 self._active[site] += 1
                 self._total_active += 1
                 self._spawn(self._session(site), f"deliver:{site}")
+
+    def _limiter(self, source: str, site: str) -> RateLimiter:
+        """The (source, site) rate limiter, at the site's rate as automation has it now."""
+        factor = self._rate_factor[site].value(time.time()) if site in self._rate_factor else 1.0
+        known = self._limiters.get((source, site))
+        if known and known[0] == factor:
+            return known[1]
+        limiter = RateLimiter(scale_rate(self._rules[site].message_rate, factor))
+        self._limiters[(source, site)] = (factor, limiter)
+        return limiter
+
+    def _automate(self, site: str, reply: str) -> str | None:
+        """Run the site's automation rules over one reply; the action taken, if any."""
+        now = time.time()
+        for index, rule in enumerate(self._rules[site].automation):
+            if not re.search(rule.match, reply):
+                continue
+            window = self._windows.get((site, index))
+            if window is None:
+                count, within = parse_trigger(rule.trigger)
+                window = self._windows[(site, index)] = EventWindow(count, within)
+            if not window.record(now):
+                continue
+            window.clear()
+            if rule.action == "suspend":
+                self._held_until[site] = max(self._held_until.get(site, 0.0), now + rule.duration)
+            elif rule.action in ("reduce-rate", "reduce-connections"):
+                factors = (
+                    self._rate_factor if rule.action == "reduce-rate" else self._connection_factor
+                )
+                factor = factors.get(site)
+                if factor is None:
+                    factor = factors[site] = AdaptiveLimit(1.0, RECOVERY_STEP, rule.duration)
+                factor.lower(rule.factor, now)
+            event(
+                "automation",
+                logging.WARNING,
+                site=site,
+                rule=rule.match,
+                action=rule.action,
+                duration=rule.duration,
+            )
+            return rule.action
+        return None
 
     async def stop(self, grace: float) -> None:
         """Start no new sessions; give running ones `grace` seconds, then cancel."""
@@ -227,9 +284,7 @@ class DeliveryEngine:
         per_connection = min(
             self._config.delivery.max_messages_per_connection, rules.max_messages_per_connection
         )
-        limiter = self._limiters.get((conn.source, site))
-        if limiter is None:
-            limiter = self._limiters[(conn.source, site)] = RateLimiter(rules.message_rate)
+        limiter = self._limiter(conn.source, site)
         sent = 0
         queue = self._ready[site]
         try:
@@ -244,7 +299,7 @@ class DeliveryEngine:
                 if wait:
                     await asyncio.sleep(wait)
                     continue
-                await self._deliver(conn, host, queue.popleft())
+                await self._deliver(conn, host, queue.popleft(), site)
                 sent += 1
         finally:
             await conn.quit()
@@ -279,7 +334,7 @@ class DeliveryEngine:
                 return conn, host, ""
         return None, None, error
 
-    async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job) -> None:
+    async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job, site: str) -> None:
         message = self._messages.get(job.qid)
         if message is None:
             return
@@ -304,7 +359,7 @@ class DeliveryEngine:
             outcomes = [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in indices]
         else:
             outcomes = classify(indices, result, host.name)
-        await self._complete(message, job.domain, outcomes, body, conn.peer, conn.source)
+        await self._complete(message, job.domain, outcomes, body, conn.peer, conn.source, site)
 
     async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
         message = self._messages.get(job.qid)
@@ -324,6 +379,7 @@ class DeliveryEngine:
         body: bytes | None,
         peer_ip: str,
         source: str = "",
+        site: str = "",
     ) -> None:
         env = message.envelope
         now = time.time()
@@ -338,6 +394,8 @@ class DeliveryEngine:
             record: dict[str, object] = {"i": o.index, "a": attempts, "r": o.reply, "t": now}
             kind: str = o.kind
             status = o.status
+            if site and kind != "delivered" and self._automate(site, o.reply) == "bounce":
+                kind, status = "bounced", "5" + status[1:]
             if kind == "deferred" and now >= expiry:
                 kind, status = "expired", "4.4.7"
             if kind == "deferred":

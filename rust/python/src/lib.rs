@@ -34,6 +34,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dkim::DkimSigner>()?;
     m.add_class::<scheduler::SchedulerQueues>()?;
     m.add_class::<scheduler::RateLimiter>()?;
+    m.add_class::<scheduler::EventWindow>()?;
+    m.add_class::<scheduler::AdaptiveLimit>()?;
     m.add_function(wrap_pyfunction!(scan::scan_message, m)?)?;
     m.add_function(wrap_pyfunction!(scan::new_queue_id, m)?)?;
     m.add_function(wrap_pyfunction!(scan::dot_stuff, m)?)?;

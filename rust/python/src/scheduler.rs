@@ -5,6 +5,7 @@
 
 use gateway_core::shaping::queues::{QueueKey, Queues, Scope, SlotId};
 use gateway_core::shaping::rate::Rate;
+use gateway_core::shaping::window::Threshold;
 use gateway_core::shaping::Nanos;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -96,6 +97,66 @@ impl RateLimiter {
             Ok(()) => 0.0,
             Err(wait) => to_seconds(wait),
         }
+    }
+}
+
+/// "N in D": has something happened `count` times within `within` seconds?
+#[pyclass(module = "gateway._core")]
+pub struct EventWindow {
+    threshold: Threshold,
+    window: gateway_core::shaping::window::EventWindow,
+}
+
+#[pymethods]
+impl EventWindow {
+    #[new]
+    fn new(count: usize, within: f64) -> Self {
+        Self {
+            threshold: Threshold {
+                count,
+                within: to_nanos(within),
+            },
+            window: Default::default(),
+        }
+    }
+
+    /// Record one event at `now`; True when the threshold is reached.
+    fn record(&mut self, now: f64) -> bool {
+        self.window.record(&self.threshold, to_nanos(now))
+    }
+
+    fn clear(&mut self) {
+        self.window.clear();
+    }
+}
+
+/// A limit that can be lowered and climbs back step by step after clean periods.
+#[pyclass(module = "gateway._core")]
+pub struct AdaptiveLimit {
+    inner: gateway_core::shaping::recovery::AdaptiveLimit,
+}
+
+#[pymethods]
+impl AdaptiveLimit {
+    #[new]
+    fn new(configured: f64, step: f64, clean_period: f64) -> Self {
+        Self {
+            inner: gateway_core::shaping::recovery::AdaptiveLimit::new(
+                configured,
+                step,
+                to_nanos(clean_period),
+            ),
+        }
+    }
+
+    /// Multiply the current value by `factor` at `now`.
+    fn lower(&mut self, factor: f64, now: f64) {
+        self.inner.lower(factor, to_nanos(now));
+    }
+
+    /// The value in force at `now`, after the recovery steps that are due.
+    fn value(&mut self, now: f64) -> f64 {
+        self.inner.value(to_nanos(now))
     }
 }
 
