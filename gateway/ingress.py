@@ -237,6 +237,8 @@ class IngressHandler:
             size=len(data),
             smtputf8=bool(envelope.smtp_utf8),
             body_8bit=scan.has_8bit,
+            tenant=prepared.tenant,
+            campaign=prepared.campaign,
         )
         try:
             await self._spool.store(spooled, data)
@@ -257,6 +259,8 @@ class IngressHandler:
             long_lines=scan.long_lines,
             message_id=prepared.view.message_id,
             dkim=prepared.signed_by,
+            tenant=prepared.tenant,
+            campaign=prepared.campaign,
         )
         return f"250 2.0.0 Ok: queued as {qid}"
 

@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,36 @@ _LINT_REPLIES = {
 _GENERIC_LINT_REPLY = "550 5.6.0 Message rejected by content policy: {code}"
 
 
+# Queue-key headers a client may set; they are removed before signing and sending.
+TENANT_HEADER = "X-Gateway-Tenant"
+CAMPAIGN_HEADER = "X-Gateway-Campaign"
+_LABEL = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _queue_label(value: str | None) -> str:
+    """A tenant or campaign name safe for logs and metrics: at most 64 of
+    [A-Za-z0-9._-], anything else becoming "-"."""
+    return re.sub("-+", "-", _LABEL.sub("-", (value or "").strip())).strip("-")[:64]
+
+
+def remove_header_fields(data: bytes, names: set[str]) -> bytes:
+    """`data` without the top-level header fields named in `names` (with their
+    continuation lines); the body is untouched."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    wanted = {n.lower().encode() for n in names}
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):  # continuation of the previous field
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.partition(b":")[0].strip().lower() in wanted
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body
+
+
 @dataclass
 class Prepared:
     """A message ready to spool, or the reply refusing it."""
@@ -58,6 +89,8 @@ class Prepared:
     signed_by: list[str] = field(default_factory=list)  # "d=... s=..." of each signature
     reply: str | None = None  # set when the message is refused
     unsigned_reason: str | None = None  # no_key or sign_error, when signing was wanted
+    tenant: str = ""  # from X-Gateway-Tenant (removed before sending)
+    campaign: str = ""  # from X-Gateway-Campaign (removed before sending)
 
 
 class MessagePipeline:
@@ -85,6 +118,10 @@ class MessagePipeline:
             date=email.utils.formatdate(localtime=True) if message.add_date else None,
         )
         result = Prepared(prepared.data, prepared.view, prepared.scan, prepared.findings)
+        result.tenant = _queue_label(prepared.view.get(TENANT_HEADER))
+        result.campaign = _queue_label(prepared.view.get(CAMPAIGN_HEADER))
+        if any(prepared.view.get(h) is not None for h in (TENANT_HEADER, CAMPAIGN_HEADER)):
+            result.data = remove_header_fields(result.data, {TENANT_HEADER, CAMPAIGN_HEADER})
         for finding in result.findings:
             if finding.code in message.reject:
                 result.reply = _LINT_REPLIES.get(finding.code) or _GENERIC_LINT_REPLY.format(

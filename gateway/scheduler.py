@@ -22,6 +22,8 @@ class Job:
     qid: str
     domain: str
     rcpts: list[int] = field(default_factory=list)
+    tenant: str = ""
+    campaign: str = ""
 
 
 class RetryScheduler:
@@ -34,7 +36,7 @@ class RetryScheduler:
         return len(self._jobs)
 
     def add(self, job: Job, at: float) -> None:
-        slot = self._queues.insert(job.qid, "", job.domain, at)
+        slot = self._queues.insert(job.qid, "", job.domain, at, job.tenant, job.campaign)
         self._jobs[slot] = job
 
     def next_due(self) -> float | None:

@@ -55,6 +55,8 @@ class Envelope:
     size: int = 0
     smtputf8: bool = False
     body_8bit: bool = False
+    tenant: str = ""
+    campaign: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":")).encode()

@@ -278,6 +278,22 @@ def test_automation_suspends_a_site_after_matching_replies(
     assert min(times) >= suspended["ts"] + 3.0 - 0.05
 
 
+def test_tenant_and_campaign_headers_key_the_queue_and_are_removed(
+    gateway: GatewayProcess, mx: Mx
+) -> None:
+    data = (
+        b"From: app@sender.test\r\nX-Gateway-Tenant: acme\r\n"
+        b"X-Gateway-Campaign: fall sale\r\n\t2026\r\nSubject: offer\r\n\r\nbody\r\n"
+    )
+    qid = send(gateway.port, "app@sender.test", ["tina@good.test"], data)
+    received = gateway.wait_event("received", qid=qid)
+    assert (received["tenant"], received["campaign"]) == ("acme", "fall-sale-2026")
+    gateway.wait_event("delivered", qid=qid)
+    (got,) = mx.good1.received_by("tina@good.test")
+    assert b"X-Gateway" not in got.content
+    assert b"\r\nSubject: offer\r\n\r\nbody\r\n" in got.content
+
+
 def test_dns_timeout_is_retried(tmp_path_factory: pytest.TempPathFactory) -> None:
     import socket
 

@@ -108,8 +108,9 @@ class DeliveryEngine:
         for index, rcpt in enumerate(message.recipients):
             if rcpt.status == "pending":
                 groups[(domain_of(rcpt.address), rcpt.next_attempt)].append(index)
+        env = message.envelope
         for (domain, at), indices in groups.items():
-            self._scheduler.add(Job(message.qid, domain, indices), at)
+            self._scheduler.add(Job(message.qid, domain, indices, env.tenant, env.campaign), at)
         self._wake.set()
 
     @property
@@ -436,7 +437,7 @@ class DeliveryEngine:
         for record in records:
             message.apply(record)
         if retry and retry_at is not None:
-            self._scheduler.add(Job(env.qid, domain, retry), retry_at)
+            self._scheduler.add(Job(env.qid, domain, retry, env.tenant, env.campaign), retry_at)
             self._wake.set()
         if message.done:
             await self._spool.remove(env.qid)
