@@ -87,6 +87,8 @@ class DeliveryEngine:
         self._rules: dict[str, Resolved] = {}  # site -> its shaping rules
         self._limiters: dict[tuple[str, str], tuple[float, RateLimiter]] = {}  # (source, site)
         self._held_until: dict[str, float] = {}  # site -> when it may send again (rate, suspension)
+        self._hold_reason: dict[str, str] = {}  # site -> why it is held
+        self._provider_holds: dict[str, float] = {}  # provider -> suspended until (admin)
         # Automation state: reply windows per (site, rule), and the factors that
         # reduce a site's rate or connections and recover step by step.
         self._windows: dict[tuple[str, int], EventWindow] = {}
@@ -125,7 +127,15 @@ class DeliveryEngine:
                 self._route(job)
             self._dispatch()
             due = min(
-                (t for t in (self._scheduler.next_due(), *self._held_until.values()) if t),
+                (
+                    t
+                    for t in (
+                        self._scheduler.next_due(),
+                        *self._held_until.values(),
+                        *self._provider_holds.values(),
+                    )
+                    if t
+                ),
                 default=None,
             )
             timeout = None if due is None else max(0.0, due - time.time())
@@ -179,15 +189,17 @@ class DeliveryEngine:
         limits = self._config.delivery
         now = time.time()
         self._held_until = {s: t for s, t in self._held_until.items() if t > now}
+        self._hold_reason = {s: r for s, r in self._hold_reason.items() if s in self._held_until}
+        self._provider_holds = {p: t for p, t in self._provider_holds.items() if t > now}
         for site in list(self._ready):
             queue = self._ready[site]
             if not queue:
                 if not self._active.get(site):
                     del self._ready[site]
                 continue
-            if site in self._held_until:
-                continue
             rules = self._rules[site]
+            if site in self._held_until or self._provider_held(rules.provider, now):
+                continue
             allowed = rules.max_connections
             if site in self._connection_factor:
                 allowed = max(1, int(allowed * self._connection_factor[site].value(time.time())))
@@ -198,6 +210,92 @@ class DeliveryEngine:
                 self._active[site] += 1
                 self._total_active += 1
                 self._spawn(self._session(site), f"deliver:{site}")
+
+    # -- admin primitives (issue 7 builds the API on them) ----------------------
+
+    def _hold(self, site: str, until: float, reason: str) -> None:
+        if until > self._held_until.get(site, 0.0):
+            self._held_until[site] = until
+            self._hold_reason[site] = reason
+        self._wake.set()
+
+    def _provider_held(self, provider: str | None, now: float) -> bool:
+        return provider is not None and self._provider_holds.get(provider, 0.0) > now
+
+    def suspend(self, scope: Literal["site", "provider"], name: str, until: float) -> None:
+        """Send nothing to a site, or to every site of a provider, until `until`."""
+        if scope == "site":
+            self._hold(name, until, "suspended by an operator")
+        else:
+            self._provider_holds[name] = until
+            self._wake.set()
+
+    def resume(self, scope: Literal["site", "provider"], name: str) -> None:
+        if scope == "site":
+            self._held_until.pop(name, None)
+            self._hold_reason.pop(name, None)
+        else:
+            self._provider_holds.pop(name, None)
+        self._wake.set()
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every site with mail ready or connections open."""
+        now = time.time()
+        rows = []
+        for site in sorted(set(self._ready) | set(self._active)):
+            rules = self._rules.get(site)
+            held = self._held_until.get(site, 0.0)
+            provider = rules.provider if rules else None
+            if self._provider_held(provider, now):
+                held = max(held, self._provider_holds[provider or ""])
+            rows.append(
+                {
+                    "site": site,
+                    "provider": provider,
+                    "ready": len(self._ready.get(site, ())),
+                    "connections": self._active.get(site, 0),
+                    "held_until": held if held > now else None,
+                    "why": self._hold_reason.get(site, "provider suspended")
+                    if held > now
+                    else None,
+                }
+            )
+        return rows
+
+    def explain(self, qid: str) -> dict[str, Any] | None:
+        """Why a message waits: each recipient's state and its site's limits and holds."""
+        message = self._messages.get(qid)
+        if message is None:
+            return None
+        now = time.time()
+        recipients = []
+        for rcpt in message.recipients:
+            domain = domain_of(rcpt.address)
+            hosts = self._resolver.cached(domain)
+            site = site_of(hosts) if hosts else None
+            rules = self._rules.get(site) if site else None
+            row: dict[str, Any] = {
+                "rcpt": rcpt.address,
+                "status": rcpt.status,
+                "attempts": rcpt.attempts,
+                "next_attempt": rcpt.next_attempt if rcpt.status == "pending" else None,
+                "site": site,
+            }
+            if site and rules:
+                row.update(
+                    provider=rules.provider,
+                    message_rate=rules.message_rate,
+                    max_connections=rules.max_connections,
+                )
+                if self._held_until.get(site, 0.0) > now:
+                    row.update(held_until=self._held_until[site], why=self._hold_reason[site])
+                elif self._provider_held(rules.provider, now):
+                    row.update(
+                        held_until=self._provider_holds[rules.provider or ""],
+                        why="provider suspended by an operator",
+                    )
+            recipients.append(row)
+        return {"qid": qid, "sender": message.envelope.sender, "recipients": recipients}
 
     def _limiter(self, source: str, site: str) -> RateLimiter:
         """The (source, site) rate limiter, at the site's rate as automation has it now."""
@@ -223,7 +321,7 @@ class DeliveryEngine:
                 continue
             window.clear()
             if rule.action == "suspend":
-                self._held_until[site] = max(self._held_until.get(site, 0.0), now + rule.duration)
+                self._hold(site, now + rule.duration, f"automation: {rule.match} -> suspend")
             elif rule.action in ("reduce-rate", "reduce-connections"):
                 factors = (
                     self._rate_factor if rule.action == "reduce-rate" else self._connection_factor
@@ -295,7 +393,7 @@ class DeliveryEngine:
                 wait = limiter.try_take(time.monotonic())
                 if wait > RATE_WAIT_IN_SESSION:
                     # A long wait: free the connection, come back when the rate allows.
-                    self._held_until[site] = time.time() + wait
+                    self._hold(site, time.time() + wait, f"rate {rules.message_rate}")
                     break
                 if wait:
                     await asyncio.sleep(wait)
