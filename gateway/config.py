@@ -11,7 +11,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -302,18 +302,30 @@ def describe_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def validate_file(model: type[_M], raw: dict[str, Any], path: Path) -> _M:
+    """`raw` (read from `path`) as `model`; ConfigError naming the file and each bad key."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}:\n{describe_errors(exc)}") from None
+
+
 def load_config(path: Path | str | None) -> Config:
     """The embedded defaults, or the file at `path` validated over them."""
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}:\n{describe_errors(exc)}") from None
+    return validate_file(Config, read_toml(path), path)

@@ -118,9 +118,10 @@ class MessagePipeline:
             date=email.utils.formatdate(localtime=True) if message.add_date else None,
         )
         result = Prepared(prepared.data, prepared.view, prepared.scan, prepared.findings)
-        result.tenant = _queue_label(prepared.view.get(TENANT_HEADER))
-        result.campaign = _queue_label(prepared.view.get(CAMPAIGN_HEADER))
-        if any(prepared.view.get(h) is not None for h in (TENANT_HEADER, CAMPAIGN_HEADER)):
+        tenant = prepared.view.get(TENANT_HEADER)
+        campaign = prepared.view.get(CAMPAIGN_HEADER)
+        if tenant is not None or campaign is not None:
+            result.tenant, result.campaign = _queue_label(tenant), _queue_label(campaign)
             result.data = remove_header_fields(result.data, {TENANT_HEADER, CAMPAIGN_HEADER})
         for finding in result.findings:
             if finding.code in message.reject:

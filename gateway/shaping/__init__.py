@@ -10,15 +10,14 @@ that enforces them.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gateway._core import parse_rate
-from gateway.config import ConfigError, Duration, describe_errors, parse_duration
+from gateway.config import ConfigError, Duration, parse_duration, read_toml, validate_file
 
 DEFAULTS = Path(__file__).with_name("defaults.toml")
 
@@ -181,15 +180,7 @@ def load_shaping(extra: list[Path] | None = None) -> Shaping:
     """The shipped defaults with each file of `extra` layered on top, in order."""
     merged: dict[str, Any] = {}
     for path in [DEFAULTS, *(extra or [])]:
-        try:
-            layer = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        try:
-            RuleFile.model_validate(layer)  # each file must make sense on its own
-        except ValidationError as exc:
-            raise ConfigError(f"{path}:\n{describe_errors(exc)}") from None
+        layer = read_toml(path)
+        validate_file(RuleFile, layer, path)  # each file must make sense on its own
         merged = _merge(merged, layer)
     return Shaping(RuleFile.model_validate(merged))

@@ -2,7 +2,7 @@
 //! replays the committed fuzz corpus (`rust/fuzz/corpus`) and the regression
 //! inputs (`testdata/regressions`) through them on every run.
 
-use crate::dkim::Signer;
+use crate::dkim::{parse_canonicalization, Signer, SignerConfig, DEFAULT_SIGNED_HEADERS};
 use crate::lint::{lint, prepare, FixOptions};
 use crate::message_scan::scan_and_normalize;
 use crate::message_view::AddressField;
@@ -57,6 +57,28 @@ pub fn check_prepare(data: &[u8]) {
     }
 }
 
+/// The signers the `sign` checks use: one key, relaxed and simple canonicalization.
+pub fn fuzz_signers(key_pem: &[u8]) -> Vec<Signer> {
+    ["relaxed", "simple"]
+        .iter()
+        .map(|name| {
+            let canon = parse_canonicalization(name).expect("known name");
+            let config = SignerConfig {
+                domain: "example.com".into(),
+                selector: "fuzz".into(),
+                headers: DEFAULT_SIGNED_HEADERS
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
+                header_canonicalization: canon,
+                body_canonicalization: canon,
+                expiration: 0,
+            };
+            Signer::new(key_pem, config).expect("a usable test key")
+        })
+        .collect()
+}
+
 /// Signing any bytes: no panic, and a result is one well-formed header field
 /// (ASCII, continuation lines folded with a tab, CRLF at the end).
 pub fn check_sign(signer: &Signer, data: &[u8]) {
@@ -73,7 +95,6 @@ pub fn check_sign(signer: &Signer, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dkim::{parse_canonicalization, SignerConfig, DEFAULT_SIGNED_HEADERS};
     use std::path::Path;
 
     fn inputs(dir: &str) -> Vec<Vec<u8>> {
@@ -98,23 +119,9 @@ mod tests {
 
     #[test]
     fn sign_corpus_keeps_the_invariants() {
-        let key = include_str!("../testdata/ed25519.pem");
         let all = inputs("../fuzz/corpus/sign");
         assert!(all.len() > 100, "the committed corpus is missing");
-        for canon in ["relaxed", "simple"] {
-            let c = parse_canonicalization(canon).unwrap();
-            let config = SignerConfig {
-                domain: "example.com".into(),
-                selector: "fuzz".into(),
-                headers: DEFAULT_SIGNED_HEADERS
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect(),
-                header_canonicalization: c,
-                body_canonicalization: c,
-                expiration: 0,
-            };
-            let signer = Signer::new(key.as_bytes(), config).unwrap();
+        for signer in fuzz_signers(include_bytes!("../testdata/ed25519.pem")) {
             for input in &all {
                 check_sign(&signer, input);
             }

@@ -211,12 +211,16 @@ impl ParsedMessage {
             .collect()
     }
 
+    /// The top-level header fields with this name (case-insensitive), in order.
+    pub fn fields_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = HeaderField<'a>> {
+        self.headers()
+            .into_iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    }
+
     /// How many top-level header fields have this name (case-insensitive).
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers()
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
+        self.fields_named(name).count()
     }
 
     /// All mailboxes in every occurrence of an address header.

@@ -86,21 +86,12 @@ impl MessageView {
 
     /// Decoded values of every header with this name (case-insensitive).
     fn get_all(&self, name: &str) -> Vec<String> {
-        self.inner
-            .headers()
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.decoded())
-            .collect()
+        self.inner.fields_named(name).map(|h| h.decoded()).collect()
     }
 
     /// Decoded value of the first header with this name, or None.
     fn get(&self, name: &str) -> Option<String> {
-        self.inner
-            .headers()
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.decoded())
+        self.inner.fields_named(name).next().map(|h| h.decoded())
     }
 
     /// Mailboxes of an address header (From, Sender, Reply-To, To, Cc) as
