@@ -227,7 +227,8 @@ class AdaptiveLimit:
 class RateLimiter:
     """A GCRA limiter for a rate like "100/s": a burst of N, then one per period/N."""
 
-    def __new__(cls, rate: str) -> RateLimiter: ...
+    def __new__(cls, rate: str, factor: float = 1.0) -> RateLimiter:
+        """`rate` like "100/s" multiplied by `factor`, never below one per period."""
     def try_take(self, now: float) -> float:
         """Take one event at `now` (seconds): 0.0 if allowed, else seconds to wait."""
 

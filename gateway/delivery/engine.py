@@ -27,7 +27,7 @@ from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equa
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
 from gateway.scheduler import Job, RetryScheduler
-from gateway.shaping import Resolved, load_shaping, parse_trigger, scale_rate
+from gateway.shaping import Resolved, load_shaping, parse_trigger
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
 
 Kind = Literal["delivered", "bounced", "deferred"]
@@ -303,7 +303,7 @@ class DeliveryEngine:
         known = self._limiters.get((source, site))
         if known and known[0] == factor:
             return known[1]
-        limiter = RateLimiter(scale_rate(self._rules[site].message_rate, factor))
+        limiter = RateLimiter(self._rules[site].message_rate, factor)
         self._limiters[(source, site)] = (factor, limiter)
         return limiter
 

@@ -50,19 +50,11 @@ def _trigger(value: str) -> str:
 
 RateText = Annotated[str, AfterValidator(_rate)]
 
-_UNITS = {1.0: "s", 60.0: "m", 3600.0: "h", 86400.0: "d"}
-
 
 def parse_trigger(value: str) -> tuple[int, float]:
     """A trigger ("now" or "N in D") as (count, window in seconds)."""
     m = _TRIGGER.match(value)
     return (int(m.group(1)), parse_duration(m.group(2))) if m else (1, 0.0)
-
-
-def scale_rate(rate: str, factor: float) -> str:
-    """A rate multiplied by `factor`, never below one per period: "100/s" * 0.5 = "50/s"."""
-    count, period = parse_rate(rate)
-    return f"{max(1, round(count * factor))}/{_UNITS[period]}"
 
 
 class _Model(BaseModel):

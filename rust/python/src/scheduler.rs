@@ -80,13 +80,19 @@ pub struct RateLimiter {
 
 #[pymethods]
 impl RateLimiter {
+    /// `rate` like "100/s", multiplied by `factor` (never below one per period).
     #[new]
-    fn new(rate: &str) -> PyResult<Self> {
+    #[pyo3(signature = (rate, factor = 1.0))]
+    fn new(rate: &str, factor: f64) -> PyResult<Self> {
         let rate = rate
             .parse::<Rate>()
             .map_err(|e| PyValueError::new_err(e.0))?;
         Ok(Self {
-            rate,
+            rate: if factor == 1.0 {
+                rate
+            } else {
+                rate.scaled(factor)
+            },
             gcra: Default::default(),
         })
     }
