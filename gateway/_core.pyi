@@ -229,6 +229,10 @@ class RateLimiter:
 
     def __new__(cls, rate: str, factor: float = 1.0) -> RateLimiter:
         """`rate` like "100/s" multiplied by `factor`, never below one per period."""
+    def set_factor(self, factor: float) -> None:
+        """Run at the configured rate times `factor` from now on, keeping what was taken."""
+    def wait(self, now: float) -> float:
+        """Seconds until one event would be allowed at `now`, without taking it."""
     def try_take(self, now: float) -> float:
         """Take one event at `now` (seconds): 0.0 if allowed, else seconds to wait."""
 

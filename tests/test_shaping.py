@@ -74,25 +74,71 @@ def test_bad_rule_files_name_file_and_key(tmp_path: Path, text: str, needle: str
     assert needle in str(caught.value)
 
 
-def test_automation_lowers_rate_and_connections_of_the_site(tmp_path: Path) -> None:
-    """The shipped Outlook rules, driven through the delivery engine's automation:
-    three 4.7.650 replies halve the site's rate; one 4.7.652 halves its connections.
-    (Step-by-step recovery is covered by the Rust AdaptiveLimit tests.)"""
-    from gateway.config import Config
-    from gateway.delivery.engine import DeliveryEngine
-    from gateway.delivery.resolver import MxHost, MxResolver
-    from gateway.spool import Spool
+def test_automation_lowers_rate_and_connections_and_recovers_step_by_step() -> None:
+    """The shipped Outlook rules through ReplyAutomation, on a controlled clock:
+    three 4.7.650 replies halve the rate of the source that got them (not of
+    the site), one 4.7.652 halves the site's connections, and after each clean
+    period a quarter of the configured value comes back."""
+    from gateway.delivery.automation import ReplyAutomation, ReplyContext
+    from gateway.delivery.holds import Holds
 
-    config = Config()
-    engine = DeliveryEngine(config, Spool(tmp_path), MxResolver(config.dns))
-    hosts = [MxHost("hotmail-com.olc.protection.outlook.com", 10, ("127.0.0.1",))]
-    engine._enqueue("hotmail.com", hosts, [])
+    rules = load_shaping().resolve("hotmail.com", ["hotmail-com.olc.protection.outlook.com"])
     site = "hotmail-com.olc.protection.outlook.com"
-    assert engine._limiter("", site) is engine._limiter("", site)
+    auto = ReplyAutomation(Holds())
+    ctx = ReplyContext(site, "ip1")
     reply = "451 4.7.650 The mail server has been temporarily rate limited (S775)"
-    assert [engine._automate(site, reply) for _ in range(3)] == [None, None, "reduce-rate"]
-    engine._limiter("", site)
-    assert engine._limiters[("", site)][0] == 0.5
-    assert engine._automate(site, "451 4.7.652 exceeded the maximum number of connections")
-    assert engine._connection_factor[site].value(0.0) == 0.5
-    assert engine._automate(site, "250 2.0.0 OK") is None
+    t0 = 1_000_000.0
+    assert [auto.on_reply(rules, ctx, reply, t0) for _ in range(3)] == [
+        None,
+        None,
+        "reduce-rate",
+    ]
+    assert auto.lane_rate_factor(site, "ip1", t0) == 0.5
+    assert auto.lane_rate_factor(site, "ip2", t0) == 1.0  # another IP keeps its rate
+    assert auto.on_reply(rules, ctx, "451 4.7.652 exceeded the maximum connections", t0)
+    assert auto.lane_connection_factor(site, "ip2", t0) == 0.5  # site-wide
+    assert auto.on_reply(rules, ctx, "250 2.0.0 OK", t0) is None
+    hour = 3600.0  # the 4.7.652 rule's duration: its clean period
+    assert [auto.lane_connection_factor(site, "ip1", t0 + k * hour) for k in (0.5, 1, 2)] == [
+        0.5,
+        0.75,
+        1.0,
+    ]
+
+
+def test_automation_scoped_to_tenant_and_campaign(tmp_path: Path) -> None:
+    from gateway.delivery.automation import ReplyAutomation, ReplyContext
+    from gateway.delivery.holds import Holds
+
+    (tmp_path / "rules.toml").write_text(
+        '[[default.automation]]\nmatch = "5\\\\.7\\\\.1"\naction = "suspend"\n'
+        'scope = "tenant"\nduration = "10m"\n'
+        '[[default.automation]]\nmatch = "4\\\\.2\\\\.2"\naction = "reduce-rate"\n'
+        'scope = "campaign"\nfactor = 0.25\n'
+    )
+    rules = load_shaping([tmp_path / "rules.toml"]).resolve("x.test", ["mx.x.test"])
+    holds = Holds()
+    auto = ReplyAutomation(holds)
+    now = 5000.0
+    # No tenant label: a tenant-scoped rule has nothing to act on.
+    assert auto.on_reply(rules, ReplyContext("mx.x.test", "a"), "550 5.7.1 no", now) is None
+    ctx = ReplyContext("mx.x.test", "a", tenant="shop", campaign="nov")
+    assert auto.on_reply(rules, ctx, "550 5.7.1 policy", now) == "suspend"
+    hold = holds.find(now, site="mx.x.test", tenant="shop")
+    assert hold is not None
+    assert hold.until == now + 600
+    assert holds.find(now, site="mx.x.test", tenant="other") is None
+    assert holds.find(now, site="mx.x.test") is None  # the site is not held
+    assert auto.on_reply(rules, ctx, "452 4.2.2 mailbox full", now) == "reduce-rate"
+    (scope,) = auto.label_rate_factors("mx.x.test", "shop", "nov")
+    assert scope.campaign == "nov"
+    assert auto.rate_factors[scope].value(now) == 0.25
+
+
+def test_reduce_connections_cannot_target_a_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[default.automation]]\nmatch = "x"\naction = "reduce-connections"\nscope = "tenant"\n'
+    )
+    with pytest.raises(ConfigError, match="acts on a site or source"):
+        load_shaping([path])

@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import defaultdict, deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway._core import AdaptiveLimit, EventWindow, RateLimiter
+from gateway._core import RateLimiter
 from gateway.config import Config
+from gateway.delivery.automation import ReplyAutomation, ReplyContext
 from gateway.delivery.dsn import Failure, build_dsn
-from gateway.delivery.egress import SourcePicker
+from gateway.delivery.egress import Source, SourcePicker
+from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
 from gateway.scheduler import Job, RetryScheduler
-from gateway.shaping import Resolved, load_shaping, parse_trigger
+from gateway.shaping import Resolved, load_shaping
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
 
 Kind = Literal["delivered", "bounced", "deferred"]
@@ -62,13 +63,11 @@ def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcom
     return outcomes
 
 
-# After an automation rule lowers a rate or connection limit, each clean
-# `duration` gives back this share of the configured value.
-RECOVERY_STEP = 0.25
-
-# A session waits this long at most for its site's rate to allow the next
+# A session waits this long at most for its lane's rate to allow the next
 # message while holding its connection; longer waits end the session.
 RATE_WAIT_IN_SESSION = 2.0
+
+Lane = tuple[str, str]  # (egress source, site): what rates and connection limits apply to
 
 
 class DeliveryEngine:
@@ -79,23 +78,22 @@ class DeliveryEngine:
         self.sources = SourcePicker(config.egress, config.helo_name)
         self._scheduler = RetryScheduler(config.retry)
         self._messages: dict[str, SpooledMessage] = {}
-        # Due jobs are routed by domain to their site (MX rollup); sessions,
-        # connection limits and ready queues are per site.
+        # Due jobs are routed by domain to their site (MX rollup) and wait in
+        # the site's ready queue; sessions run per lane (source, site) and take
+        # from it, so a message is bound to whichever source has capacity first.
         self._resolving: dict[str, list[Job]] = {}  # domain -> jobs awaiting its MX lookup
         self._sites: dict[str, list[MxHost]] = {}  # site -> its MX hosts
         self._shaping = load_shaping(config.delivery.shaping_files)
         self._rules: dict[str, Resolved] = {}  # site -> its shaping rules
-        self._limiters: dict[tuple[str, str], tuple[float, RateLimiter]] = {}  # (source, site)
-        self._held_until: dict[str, float] = {}  # site -> when it may send again (rate, suspension)
-        self._hold_reason: dict[str, str] = {}  # site -> why it is held
-        self._provider_holds: dict[str, float] = {}  # provider -> suspended until (admin)
-        # Automation state: reply windows per (site, rule), and the factors that
-        # reduce a site's rate or connections and recover step by step.
-        self._windows: dict[tuple[str, int], EventWindow] = {}
-        self._rate_factor: dict[str, AdaptiveLimit] = {}
-        self._connection_factor: dict[str, AdaptiveLimit] = {}
         self._ready: dict[str, deque[Job]] = defaultdict(deque)  # site -> due jobs
-        self._active: dict[str, int] = defaultdict(int)  # site -> open sessions
+        self.holds = Holds()  # suspensions, by operators and automation
+        self._automation = ReplyAutomation(self.holds)
+        self._message_rates: dict[Lane, RateLimiter] = {}
+        self._connection_rates: dict[Lane, RateLimiter] = {}
+        self._label_rates: dict[Scope, RateLimiter] = {}  # tenant/campaign lowered by automation
+        self._waits: dict[Lane, tuple[float, str]] = {}  # lane -> (may send again at, why)
+        self._active: dict[Lane, int] = defaultdict(int)  # open sessions
+        self._site_active: dict[str, int] = defaultdict(int)
         self._total_active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -131,8 +129,8 @@ class DeliveryEngine:
                     t
                     for t in (
                         self._scheduler.next_due(),
-                        *self._held_until.values(),
-                        *self._provider_holds.values(),
+                        self.holds.next_end(),
+                        *(until for until, _ in self._waits.values()),
                     )
                     if t
                 ),
@@ -161,7 +159,13 @@ class DeliveryEngine:
         self._sites[site] = hosts
         if site not in self._rules:  # the first domain seen names the site's domain rules
             self._rules[site] = self._shaping.resolve(domain, [h.name for h in hosts])
-        self._ready[site].extend(jobs)
+        now = time.time()
+        for job in jobs:
+            hold = self._label_hold(site, job, now)
+            if hold:
+                self._scheduler.add(job, hold.until)
+            else:
+                self._ready[site].append(job)
 
     async def _resolve(self, domain: str) -> None:
         try:
@@ -188,85 +192,192 @@ class DeliveryEngine:
     def _dispatch(self) -> None:
         limits = self._config.delivery
         now = time.time()
-        self._held_until = {s: t for s, t in self._held_until.items() if t > now}
-        self._hold_reason = {s: r for s, r in self._hold_reason.items() if s in self._held_until}
-        self._provider_holds = {p: t for p, t in self._provider_holds.items() if t > now}
+        self.holds.expire(now)
+        self._waits = {lane: w for lane, w in self._waits.items() if w[0] > now}
         for site in list(self._ready):
             queue = self._ready[site]
             if not queue:
-                if not self._active.get(site):
+                if not self._site_active.get(site):
                     del self._ready[site]
                 continue
             rules = self._rules[site]
-            if site in self._held_until or self._provider_held(rules.provider, now):
+            if self.holds.find(now, site=site, provider=rules.provider):
                 continue
-            allowed = rules.max_connections
-            if site in self._connection_factor:
-                allowed = max(1, int(allowed * self._connection_factor[site].value(time.time())))
-            wanted = min(len(queue), limits.max_connections_per_destination, allowed)
-            while (
-                self._active.get(site, 0) < wanted and self._total_active < limits.max_connections
-            ):
-                self._active[site] += 1
+            wanted = min(len(queue), limits.max_connections_per_destination)
+            while self._site_active[site] < wanted and self._total_active < limits.max_connections:
+                source = self._pick_source(site, rules, now)
+                if source is None:
+                    break
+                lane = (source.name, site)
+                self._active[lane] += 1
+                self._site_active[site] += 1
                 self._total_active += 1
-                self._spawn(self._session(site), f"deliver:{site}")
+                self._spawn(self._session(site, source), f"deliver:{source.name}:{site}")
+
+    # -- lanes: which source may open a connection to a site, and send on it ----
+
+    def _wait(self, lane: Lane, until: float, why: str) -> None:
+        if until > self._waits.get(lane, (0.0, ""))[0]:
+            self._waits[lane] = (until, why)
+        self._wake.set()
+
+    def _connection_limit(self, lane: Lane, rules: Resolved, now: float) -> int:
+        factor = self._automation.lane_connection_factor(lane[1], lane[0], now)
+        return max(1, int(rules.max_connections * factor))
+
+    def _pick_source(self, site: str, rules: Resolved, now: float) -> Source | None:
+        """The next source (by pool weight) free to open a connection to `site` now."""
+
+        def usable(source: Source) -> bool:
+            lane = (source.name, site)
+            if lane in self._waits or self._active[lane] >= self._connection_limit(
+                lane, rules, now
+            ):
+                return False
+            if self.holds.find(now, site=site, provider=rules.provider, source=source.name):
+                return False
+            wait, cap = self.sources.cap_wait(source.name, rules.provider, now)
+            if wait:
+                self._wait(lane, now + wait, f"source cap {cap}")
+                return False
+            return True
+
+        for _ in self.sources.sources:
+            source = self.sources.pick(usable)
+            if source is None:
+                return None
+            lane = (source.name, site)
+            limiter = self._connection_rates.get(lane)
+            if limiter is None:
+                limiter = self._connection_rates[lane] = RateLimiter(rules.connection_rate)
+            wait = limiter.try_take(now)
+            if not wait:
+                return source
+            self._wait(lane, now + wait, f"connection rate {rules.connection_rate}")
+        return None
+
+    def _message_rate(self, lane: Lane, now: float) -> RateLimiter:
+        """The lane's message-rate limiter, at the factor automation has it at now."""
+        limiter = self._message_rates.get(lane)
+        if limiter is None:
+            limiter = self._message_rates[lane] = RateLimiter(self._rules[lane[1]].message_rate)
+        limiter.set_factor(self._automation.lane_rate_factor(lane[1], lane[0], now))
+        return limiter
+
+    def _send_wait(self, lane: Lane, rules: Resolved, now: float) -> tuple[float, str]:
+        """Seconds until the lane may send one more message, and what holds it."""
+        wait, cap = self.sources.cap_wait(lane[0], rules.provider, now)
+        rate_wait = self._message_rate(lane, now).wait(now)
+        if rate_wait >= wait:
+            return rate_wait, f"message rate {rules.message_rate}"
+        return wait, f"source cap {cap}"
+
+    def _label_hold(self, site: str, job: Job, now: float) -> Hold | None:
+        """A hold or lowered rate on the job's tenant or campaign at `site`: until when."""
+        rules = self._rules[site]
+        if job.tenant or job.campaign:
+            hold = self.holds.find(
+                now,
+                site=site,
+                provider=rules.provider,
+                tenant=job.tenant or None,
+                campaign=job.campaign or None,
+            )
+            if hold and (hold.scope.tenant or hold.scope.campaign):
+                return hold
+        for scope in self._automation.label_rate_factors(site, job.tenant, job.campaign):
+            limiter = self._label_rates.get(scope)
+            if limiter is None:
+                limiter = self._label_rates[scope] = RateLimiter(rules.message_rate)
+            limiter.set_factor(self._automation.rate_factors[scope].value(now))
+            wait = limiter.wait(now)
+            if wait:
+                return Hold(scope, now + wait, "rate lowered by automation")
+        return None
+
+    def _take_label_rates(self, site: str, job: Job, now: float) -> None:
+        for scope in self._automation.label_rate_factors(site, job.tenant, job.campaign):
+            if scope in self._label_rates:
+                self._label_rates[scope].try_take(now)
+
+    def _park_held_labels(self) -> None:
+        """Move ready jobs of held tenants or campaigns back to the scheduler."""
+        now = time.time()
+        for site, queue in self._ready.items():
+            keep: deque[Job] = deque()
+            for job in queue:
+                hold = self._label_hold(site, job, now) if job.tenant or job.campaign else None
+                if hold:
+                    self._scheduler.add(job, hold.until)
+                else:
+                    keep.append(job)
+            self._ready[site] = keep
 
     # -- admin primitives (issue 7 builds the API on them) ----------------------
 
-    def _hold(self, site: str, until: float, reason: str) -> None:
-        if until > self._held_until.get(site, 0.0):
-            self._held_until[site] = until
-            self._hold_reason[site] = reason
+    def suspend(self, scope: Scope, until: float, reason: str = "suspended by an operator") -> None:
+        """Send nothing that `scope` covers until `until`."""
+        self.holds.add(scope, until, reason)
+        if scope.tenant or scope.campaign:
+            self._park_held_labels()
         self._wake.set()
 
-    def _provider_held(self, provider: str | None, now: float) -> bool:
-        return provider is not None and self._provider_holds.get(provider, 0.0) > now
-
-    def suspend(self, scope: Literal["site", "provider"], name: str, until: float) -> None:
-        """Send nothing to a site, or to every site of a provider, until `until`."""
-        if scope == "site":
-            self._hold(name, until, "suspended by an operator")
-        else:
-            self._provider_holds[name] = until
-            self._wake.set()
-
-    def resume(self, scope: Literal["site", "provider"], name: str) -> None:
-        if scope == "site":
-            self._held_until.pop(name, None)
-            self._hold_reason.pop(name, None)
-        else:
-            self._provider_holds.pop(name, None)
+    def resume(self, scope: Scope) -> bool:
+        """Lift a suspension; False if there was none with exactly this scope."""
+        lifted = self.holds.remove(scope)
         self._wake.set()
+        return lifted
 
     def queues(self) -> list[dict[str, Any]]:
-        """Every site with mail ready or connections open."""
+        """Every site with mail ready or connections open, with its holds and waits."""
         now = time.time()
         rows = []
-        for site in sorted(set(self._ready) | set(self._active)):
+        for site in sorted(set(self._ready) | {s for s, n in self._site_active.items() if n}):
             rules = self._rules.get(site)
-            held = self._held_until.get(site, 0.0)
             provider = rules.provider if rules else None
-            if self._provider_held(provider, now):
-                held = max(held, self._provider_holds[provider or ""])
+            hold = self.holds.find(now, site=site, provider=provider)
             rows.append(
                 {
                     "site": site,
                     "provider": provider,
                     "ready": len(self._ready.get(site, ())),
-                    "connections": self._active.get(site, 0),
-                    "held_until": held if held > now else None,
-                    "why": self._hold_reason.get(site, "provider suspended")
-                    if held > now
-                    else None,
+                    "oldest": self._oldest(self._ready.get(site, ()), now),
+                    "connections": self._site_active.get(site, 0),
+                    "held_until": hold.until if hold else None,
+                    "why": f"{hold.reason} ({hold.scope})" if hold else None,
+                    "lanes": self._lanes(site),
                 }
             )
         return rows
 
+    def _lanes(self, site: str) -> dict[str, dict[str, Any]]:
+        """Per source towards `site`: open connections, and what it waits for."""
+        names = {src for src, s in (*self._active, *self._waits) if s == site}
+        return {
+            src: {
+                "connections": self._active.get((src, site), 0),
+                "waits_until": self._waits.get((src, site), (None, ""))[0],
+                "why": self._waits.get((src, site), (None, None))[1],
+            }
+            for src in sorted(names)
+        }
+
+    def _oldest(self, jobs: Iterable[Job], now: float) -> float | None:
+        received = [
+            self._messages[j.qid].envelope.received_at for j in jobs if j.qid in self._messages
+        ]
+        return round(now - min(received), 3) if received else None
+
+    def scheduled(self) -> dict[str, Any]:
+        """The scheduled queue: jobs waiting for their next attempt, and the soonest."""
+        return {"jobs": len(self._scheduler), "next_attempt": self._scheduler.next_due()}
+
     def explain(self, qid: str) -> dict[str, Any] | None:
-        """Why a message waits: each recipient's state and its site's limits and holds."""
+        """Why a message waits: each recipient's state, its site's rules, holds and waits."""
         message = self._messages.get(qid)
         if message is None:
             return None
+        env = message.envelope
         now = time.time()
         recipients = []
         for rcpt in message.recipients:
@@ -287,59 +398,31 @@ class DeliveryEngine:
                     message_rate=rules.message_rate,
                     max_connections=rules.max_connections,
                 )
-                if self._held_until.get(site, 0.0) > now:
-                    row.update(held_until=self._held_until[site], why=self._hold_reason[site])
-                elif self._provider_held(rules.provider, now):
-                    row.update(
-                        held_until=self._provider_holds[rules.provider or ""],
-                        why="provider suspended by an operator",
-                    )
+                job = Job(qid, domain, [], env.tenant, env.campaign)
+                hold = self.holds.find(now, site=site, provider=rules.provider)
+                hold = hold or self._label_hold(site, job, now)
+                if hold:
+                    row.update(held_until=hold.until, why=f"{hold.reason} ({hold.scope})")
+                waits = {src: why for (src, s), (_, why) in self._waits.items() if s == site}
+                if waits:
+                    row["source_waits"] = waits
             recipients.append(row)
-        return {"qid": qid, "sender": message.envelope.sender, "recipients": recipients}
+        return {
+            "qid": qid,
+            "sender": env.sender,
+            "tenant": env.tenant,
+            "campaign": env.campaign,
+            "recipients": recipients,
+        }
 
-    def _limiter(self, source: str, site: str) -> RateLimiter:
-        """The (source, site) rate limiter, at the site's rate as automation has it now."""
-        factor = self._rate_factor[site].value(time.time()) if site in self._rate_factor else 1.0
-        known = self._limiters.get((source, site))
-        if known and known[0] == factor:
-            return known[1]
-        limiter = RateLimiter(self._rules[site].message_rate, factor)
-        self._limiters[(source, site)] = (factor, limiter)
-        return limiter
-
-    def _automate(self, site: str, reply: str) -> str | None:
-        """Run the site's automation rules over one reply; the action taken, if any."""
-        now = time.time()
-        for index, rule in enumerate(self._rules[site].automation):
-            if not re.search(rule.match, reply):
-                continue
-            window = self._windows.get((site, index))
-            if window is None:
-                count, within = parse_trigger(rule.trigger)
-                window = self._windows[(site, index)] = EventWindow(count, within)
-            if not window.record(now):
-                continue
-            window.clear()
-            if rule.action == "suspend":
-                self._hold(site, now + rule.duration, f"automation: {rule.match} -> suspend")
-            elif rule.action in ("reduce-rate", "reduce-connections"):
-                factors = (
-                    self._rate_factor if rule.action == "reduce-rate" else self._connection_factor
-                )
-                factor = factors.get(site)
-                if factor is None:
-                    factor = factors[site] = AdaptiveLimit(1.0, RECOVERY_STEP, rule.duration)
-                factor.lower(rule.factor, now)
-            event(
-                "automation",
-                logging.WARNING,
-                site=site,
-                rule=rule.match,
-                action=rule.action,
-                duration=rule.duration,
-            )
-            return rule.action
-        return None
+    def _automate(self, ctx: ReplyContext, reply: str) -> str | None:
+        """Run the site's automation rules over a reply; the action taken, if any."""
+        action = self._automation.on_reply(self._rules[ctx.site], ctx, reply, time.time())
+        if action == "suspend":
+            self._park_held_labels()
+        if action:
+            self._wake.set()
+        return action
 
     async def stop(self, grace: float) -> None:
         """Start no new sessions; give running ones `grace` seconds, then cancel."""
@@ -354,15 +437,19 @@ class DeliveryEngine:
 
     # -- one connection --------------------------------------------------------
 
-    async def _session(self, site: str) -> None:
+    async def _session(self, site: str, source: Source) -> None:
+        lane = (source.name, site)
         try:
-            await self._session_inner(site)
+            await self._session_inner(site, source)
         except Exception:
             event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
-            self._active[site] -= 1
-            if not self._active[site]:
-                del self._active[site]
+            self._active[lane] -= 1
+            if not self._active[lane]:
+                del self._active[lane]
+            self._site_active[site] -= 1
+            if not self._site_active[site]:
+                del self._site_active[site]
             self._total_active -= 1
             self._wake.set()
 
@@ -373,65 +460,80 @@ class DeliveryEngine:
             queue.clear()
         return jobs
 
-    async def _session_inner(self, site: str) -> None:
-        conn, host, error = await self._connect(shuffle_equal(self._sites[site]))
+    async def _session_inner(self, site: str, source: Source) -> None:
+        rules = self._rules[site]
+        conn, host, error, status = await self._connect(self._sites[site], source, rules)
         if conn is None or host is None:
             for job in self._take_all(site):
-                await self._fail_job(job, "deferred", "4.4.1", error, "")
+                await self._fail_job(job, "deferred", status, error, "")
             return
-        rules = self._rules[site]
         per_connection = min(
             self._config.delivery.max_messages_per_connection, rules.max_messages_per_connection
         )
-        limiter = self._limiter(conn.source, site)
+        lane = (source.name, site)
         sent = 0
         queue = self._ready[site]
         try:
-            while queue and not conn.broken and not self._stopping:
-                if sent >= per_connection:
-                    break
-                wait = limiter.try_take(time.monotonic())
+            while queue and not conn.broken and not self._stopping and sent < per_connection:
+                now = time.time()
+                if self.holds.find(now, site=site, provider=rules.provider, source=source.name):
+                    break  # suspended while this connection was open
+                wait, why = self._send_wait(lane, rules, now)
                 if wait > RATE_WAIT_IN_SESSION:
-                    # A long wait: free the connection, come back when the rate allows.
-                    self._hold(site, time.time() + wait, f"rate {rules.message_rate}")
+                    # A long wait: free the connection, come back when the lane allows.
+                    self._wait(lane, now + wait, why)
                     break
                 if wait:
                     await asyncio.sleep(wait)
                     continue
-                await self._deliver(conn, host, queue.popleft(), site)
+                job = queue.popleft()
+                hold = self._label_hold(site, job, now)
+                if hold:
+                    self._scheduler.add(job, hold.until)
+                    self._wake.set()
+                    continue
+                self._message_rate(lane, now).try_take(now)
+                self.sources.take_cap(source.name, rules.provider, now)
+                self._take_label_rates(site, job, now)
+                await self._deliver(conn, host, job, site)
                 sent += 1
         finally:
             await conn.quit()
 
     async def _connect(
-        self, hosts: list[MxHost]
-    ) -> tuple[SmtpConnection | None, MxHost | None, str]:
-        cfg = self._config
-        error = "no MX host answered"
-        source = self.sources.pick()
-        for host in hosts:
+        self, hosts: list[MxHost], source: Source, rules: Resolved
+    ) -> tuple[SmtpConnection | None, MxHost | None, str, str]:
+        """A connection to the first MX host that answers, from `source`, under
+        the site's TLS policy and timeouts; else the last error and its status."""
+        cfg = self._config.delivery
+        timeouts = cfg.timeouts.model_copy(update=rules.timeouts)
+        require_tls = rules.tls == "required"
+        error, status = "no MX host answered", "4.4.1"
+        for host in shuffle_equal(hosts):
             for address in host.addresses:
-                if source and (":" in source.address) != (":" in address):
+                if source.address and (":" in source.address) != (":" in address):
                     continue  # an IPv4 source cannot reach an IPv6 MX, and back
                 try:
                     conn = await SmtpConnection.open(
                         address,
-                        cfg.delivery.port,
-                        helo=source.ehlo if source else cfg.helo_name,
-                        timeouts=cfg.delivery.timeouts,
-                        starttls=cfg.delivery.starttls == "opportunistic",
+                        cfg.port,
+                        helo=source.ehlo,
+                        timeouts=timeouts,
+                        starttls=require_tls or cfg.starttls == "opportunistic",
+                        require_tls=require_tls,
                         server_name=host.name,
-                        source_address=source.address if source else None,
+                        source_address=source.address,
                     )
                 except SmtpError as exc:
                     error = f"{host.name}[{address}]: {exc}"
+                    status = exc.status or "4.4.1"
                     event(
                         "connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc)
                     )
                     continue
-                conn.source = source.name if source else ""
-                return conn, host, ""
-        return None, None, error
+                conn.source = source.name
+                return conn, host, "", ""
+        return None, None, error, status
 
     async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job, site: str) -> None:
         message = self._messages.get(job.qid)
@@ -493,7 +595,12 @@ class DeliveryEngine:
             record: dict[str, object] = {"i": o.index, "a": attempts, "r": o.reply, "t": now}
             kind: str = o.kind
             status = o.status
-            if site and kind != "delivered" and self._automate(site, o.reply) == "bounce":
+            if (
+                site
+                and kind != "delivered"
+                and self._automate(ReplyContext(site, source, env.tenant, env.campaign), o.reply)
+                == "bounce"
+            ):
                 kind, status = "bounced", "5" + status[1:]
             if kind == "deferred" and now >= expiry:
                 kind, status = "expired", "4.4.7"

@@ -52,9 +52,10 @@ class Reply:
 class SmtpError(Exception):
     """The session failed: connection trouble, timeout or a protocol violation."""
 
-    def __init__(self, message: str, reply: Reply | None = None) -> None:
+    def __init__(self, message: str, reply: Reply | None = None, status: str = "") -> None:
         super().__init__(message)
         self.reply = reply
+        self.status = status  # enhanced status code for the deferral, when it is not 4.4.x
 
 
 @dataclass
@@ -102,10 +103,15 @@ class SmtpConnection:
         helo: str,
         timeouts: DeliveryTimeouts,
         starttls: bool = True,
+        require_tls: bool = False,
         server_name: str | None = None,
         source_address: str | None = None,
     ) -> SmtpConnection:
-        """Connect, read the greeting, EHLO (HELO fallback), STARTTLS if offered."""
+        """Connect, read the greeting, EHLO (HELO fallback), STARTTLS if offered.
+
+        With `require_tls` (a site's `tls = "required"` policy) a server that
+        does not offer STARTTLS or whose TLS fails is left before MAIL FROM:
+        SmtpError with status 4.7.10 (RFC 3463: encryption needed)."""
         local = (source_address, 0) if source_address else None
         try:
             reader, writer = await asyncio.wait_for(
@@ -130,6 +136,13 @@ class SmtpConnection:
                     )
                     conn.tls = True
                     await conn._hello(helo)
+            if require_tls and not conn.tls:
+                offered = "STARTTLS" in conn.extensions
+                raise SmtpError(
+                    "TLS required by policy but "
+                    + ("STARTTLS failed" if offered else "the server does not offer STARTTLS"),
+                    status="4.7.10",
+                )
         except BaseException:
             conn.abort()
             raise

@@ -1,5 +1,5 @@
 """Traffic-shaping rules: the shipped defaults and the operator's layers, and
-what applies to one site (issue 4, in progress: delivery does not use them yet).
+what applies to one site.
 
 Rule files are TOML (see defaults.toml and docs/shaping.md). Files are
 layered in order; a later value for the same key wins and automation rules
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from gateway._core import parse_rate
 from gateway.config import ConfigError, Duration, parse_duration, read_toml, validate_file
@@ -69,16 +69,43 @@ class Limits(_Model):
     message_rate: RateText | None = None
     connection_rate: RateText | None = None
     tls: Literal["opportunistic", "required"] | None = None
+    timeouts: TimeoutOverrides | None = None
+
+
+class TimeoutOverrides(_Model):
+    """Per-site SMTP timeouts over `[delivery.timeouts]`; unset ones keep that value."""
+
+    connect: Duration | None = None
+    greeting: Duration | None = None
+    ehlo: Duration | None = None
+    starttls: Duration | None = None
+    mail: Duration | None = None
+    rcpt: Duration | None = None
+    data_init: Duration | None = None
+    data_block: Duration | None = None
+    data_done: Duration | None = None
 
 
 class Automation(_Model):
-    """Replies matching `match` (regex over "code enhanced text") act on the site."""
+    """Replies matching `match` (regex over "code enhanced text") act on `scope`:
+    the site, the source that got the reply there, or the message's tenant or
+    campaign there."""
 
     match: Annotated[str, AfterValidator(_regex)]
     trigger: Annotated[str, AfterValidator(_trigger)] = "now"
     action: Literal["suspend", "reduce-rate", "reduce-connections", "bounce"]
+    scope: Literal["site", "source", "tenant", "campaign"] = "site"
     factor: float = Field(default=0.5, gt=0.0, lt=1.0)
     duration: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _connections_belong_to_sites(self) -> Automation:
+        if self.action == "reduce-connections" and self.scope in ("tenant", "campaign"):
+            raise ValueError(
+                "reduce-connections acts on a site or source: connections carry every "
+                "tenant's and campaign's mail"
+            )
+        return self
 
 
 class Section(Limits):
@@ -105,10 +132,11 @@ class Resolved:
     message_rate: str
     connection_rate: str
     tls: str
+    timeouts: dict[str, float] = field(default_factory=dict)
     automation: list[Automation] = field(default_factory=list)
 
 
-_LIMIT_KEYS = tuple(Limits.model_fields)
+_LIMIT_KEYS = tuple(k for k in Limits.model_fields if k != "timeouts")
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
@@ -155,17 +183,20 @@ class Shaping:
         if domain.lower() in self.rules.domain:
             layers.append(self.rules.domain[domain.lower()])
         values: dict[str, Any] = {}
+        timeouts: dict[str, float] = {}
         automation: list[Automation] = []
         for layer in layers:
             for key in _LIMIT_KEYS:
                 value = getattr(layer, key)
                 if value is not None:
                     values[key] = value
+            if layer.timeouts:
+                timeouts.update(layer.timeouts.model_dump(exclude_none=True))
             automation += layer.automation
         missing = [k for k in _LIMIT_KEYS if k not in values]
         if missing:
             raise ConfigError(f"shaping: [default] must set {', '.join(missing)}")
-        return Resolved(provider=provider, automation=automation, **values)
+        return Resolved(provider=provider, automation=automation, timeouts=timeouts, **values)
 
 
 def load_shaping(extra: list[Path] | None = None) -> Shaping:

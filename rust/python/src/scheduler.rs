@@ -74,6 +74,7 @@ pub fn parse_rate(text: &str) -> PyResult<(u64, f64)> {
 /// One GCRA rate limiter (e.g. one egress source towards one site).
 #[pyclass(module = "gateway._core")]
 pub struct RateLimiter {
+    configured: Rate,
     rate: Rate,
     gcra: gateway_core::shaping::rate::Gcra,
 }
@@ -87,14 +88,28 @@ impl RateLimiter {
         let rate = rate
             .parse::<Rate>()
             .map_err(|e| PyValueError::new_err(e.0))?;
-        Ok(Self {
-            rate: if factor == 1.0 {
-                rate
-            } else {
-                rate.scaled(factor)
-            },
+        let mut limiter = Self {
+            configured: rate,
+            rate,
             gcra: Default::default(),
-        })
+        };
+        limiter.set_factor(factor);
+        Ok(limiter)
+    }
+
+    /// Run at the configured rate times `factor` from now on, keeping what
+    /// has been taken (automation lowers and restores rates this way).
+    fn set_factor(&mut self, factor: f64) {
+        self.rate = if factor == 1.0 {
+            self.configured
+        } else {
+            self.configured.scaled(factor)
+        };
+    }
+
+    /// Seconds until one event would be allowed at `now`, without taking it.
+    fn wait(&self, now: f64) -> f64 {
+        to_seconds(self.gcra.wait(self.rate, to_nanos(now)))
     }
 
     /// Take one event at `now` (seconds): 0.0 if allowed, else seconds to wait.
