@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway._core import DEFAULT_SIGNED_HEADERS, LINT_CODES
+from gateway._core import DEFAULT_SIGNED_HEADERS, LINT_CODES, parse_rate
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -144,6 +144,16 @@ class EgressSource(_Section):
     name: str
     address: str
     ehlo: str = ""
+    # This source's own ceiling across all destinations (e.g. "50000/h"), on top
+    # of per-site shaping and any caps plugins set (warm-up).
+    message_rate: str | None = None
+
+    @field_validator("message_rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate(value)
+        return value
 
     @field_validator("address")
     @classmethod

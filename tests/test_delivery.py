@@ -251,16 +251,36 @@ def test_a_site_connection_limit_holds(
     assert slow.most_open_connections == 2
 
 
-def test_automation_suspends_a_site_after_matching_replies(
+def test_a_site_timeout_overrides_the_global_one(
     tmp_path: Path, base_config: dict[str, Any], mx_port: int
 ) -> None:
-    """Two 4.7.28 deferrals within a minute suspend the site for 3 s: the retries
-    (due after 1 s) wait for the suspension to end, then traffic resumes."""
+    """slowconn.test answers DATA after 0.5 s; its own data_done timeout of 0.2 s
+    (the global one is 600 s) turns that into a deferral."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[domain."slowconn.test".timeouts]\ndata_done = 0.2\n')
+    config = {**base_config, "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]}}
+    with (
+        Receiver(MX["slowconn"], mx_port, data_delay=0.5),
+        GatewayProcess(tmp_path / "gw", config) as gw,
+    ):
+        qid = send(gw.port, "app@sender.test", ["late@slowconn.test"])
+        deferred = gw.wait_event("deferred", qid=qid)
+    assert "timeout" in deferred["reply"].lower() or "timed out" in deferred["reply"].lower()
+
+
+def test_automation_suspends_a_site_then_traffic_resumes_gradually(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """Two 4.7.28 deferrals within a minute suspend the site (rate 8/s) for 2 s.
+    Nothing is delivered meanwhile; then the rate starts again at a quarter
+    (2/s: a burst of 2, one per 0.5 s) and climbs a quarter per clean 2 s.
+    At the full rate the 20 waiting messages would all go within 1.5 s."""
     rules = tmp_path / "shaping.toml"
     rules.write_text(
+        '[domain."throttled.test"]\nmessage_rate = "8/s"\n'
         '[[domain."throttled.test".automation]]\n'
         "match = '4\\.7\\.28'\n"
-        'trigger = "2 in 1m"\naction = "suspend"\nduration = "3s"\n'
+        'trigger = "2 in 1m"\naction = "suspend"\nduration = "2s"\nfactor = 0.25\n'
     )
     config = {
         **base_config,
@@ -269,13 +289,22 @@ def test_automation_suspends_a_site_after_matching_replies(
     }
     throttle = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"
     with (
-        Receiver(MX["throttled"], mx_port, rcpt_policy=lambda a, n: throttle if n == 1 else None),
+        Receiver(
+            MX["throttled"],
+            mx_port,
+            rcpt_policy=lambda a, n: throttle if a.startswith("t") and n == 1 else None,
+        ),
         GatewayProcess(tmp_path / "gw", config) as gw,
     ):
         qids = [send(gw.port, "app@sender.test", [f"t{n}@throttled.test"]) for n in range(2)]
         suspended = gw.wait_event("automation", action="suspend")
-        times = [gw.wait_event("delivered", qid=qid, timeout=20)["ts"] for qid in qids]
-    assert min(times) >= suspended["ts"] + 3.0 - 0.05
+        qids += [send(gw.port, "app@sender.test", [f"r{n}@throttled.test"]) for n in range(20)]
+        times = [gw.wait_event("delivered", qid=qid, timeout=30)["ts"] for qid in qids]
+    resumed = suspended["ts"] + 2.0
+    assert min(times) >= resumed - 0.05
+    first_period = [t for t in times if t < resumed + 2.0]
+    assert len(first_period) <= 2 + 4 + 1  # burst, then one per 0.5 s (+1 for timing)
+    assert max(times) - resumed >= 2.5
 
 
 def test_tenant_and_campaign_headers_key_the_queue_and_are_removed(

@@ -51,3 +51,26 @@ def test_an_address_this_host_lacks_stops_start(tmp_path: Path) -> None:
     out = subprocess.run(run, capture_output=True, text=True, check=False)
     assert out.returncode == 2
     assert "egress source far: cannot bind 192.0.2.77" in out.stderr
+
+
+def test_a_source_at_its_limit_is_passed_over_for_one_with_capacity(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """Sources a and b weigh the same, but a may send only 2 an hour: after its
+    2, the scheduler gives the rest to b instead of letting mail wait for a."""
+    config = {
+        **base_config,
+        "delivery": {**base_config["delivery"], "max_messages_per_connection": 1},
+        "egress": {
+            "sources": [
+                {"name": "a", "address": "127.0.0.31", "message_rate": "2/h"},
+                {"name": "b", "address": "127.0.0.32"},
+            ],
+        },
+    }
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path, config) as gw:
+        qids = [send(gw.port, "app@sender.test", [f"cap{n}@good.test"]) for n in range(8)]
+        for qid in qids:
+            gw.wait_event("delivered", qid=qid)
+        got = mx.wait_for(8)
+    assert Counter(m.peer for m in got) == {"127.0.0.31": 2, "127.0.0.32": 6}

@@ -68,3 +68,23 @@ def test_8bit_message_is_sent_with_body_8bitmime(
         (got,) = mx.messages
     assert "BODY=8BITMIME" in got.esmtp_params
     assert "déjà vu".encode() in got.content
+
+
+def test_a_site_requiring_tls_gets_no_plaintext(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """`tls = "required"`: a server without STARTTLS gets no MAIL FROM (the message
+    is deferred with 4.7.10), and once it offers STARTTLS the message goes encrypted."""
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[domain."down.test"]\ntls = "required"\n')
+    config = {**base_config, "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]}}
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        with Receiver(MX["down"], mx_port) as plain:
+            qid = send(gw.port, "app@sender.test", ["secret@down.test"])
+            deferred = gw.wait_event("deferred", qid=qid)
+        assert plain.messages == []
+        assert deferred["status"] == "4.7.10"
+        assert "does not offer STARTTLS" in deferred["reply"]
+        with Receiver(MX["down"], mx_port, tls_context=tls_context(tmp_path)) as secure:
+            (got,) = secure.wait_for(1, timeout=20)
+    assert got.tls

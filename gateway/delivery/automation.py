@@ -5,8 +5,9 @@ a threshold ("5 in 10m", counted per scoped thing), and acts on the site, on
 the egress source that got the reply, or on the message's tenant or campaign:
 suspend it for a while, lower its message rate or connection limit, or bounce
 the message. Lowered limits climb back step by step (`RECOVERY_STEP` of the
-configured value per clean `duration`), never in one jump; the arithmetic is
-the Rust core's (`EventWindow`, `AdaptiveLimit`).
+configured value per clean `duration`), never in one jump; a suspension ends
+the same way, its rate starting again at `factor`. The arithmetic is the Rust
+core's (`EventWindow`, `AdaptiveLimit`).
 """
 
 from __future__ import annotations
@@ -82,13 +83,24 @@ class ReplyAutomation:
 
     def _act(self, rule: Automation, scope: Scope, now: float) -> None:
         if rule.action == "suspend":
-            self._holds.add(scope, now + rule.duration, f"automation: {rule.match} -> suspend")
-        elif rule.action in ("reduce-rate", "reduce-connections"):
-            factors = self.rate_factors if rule.action == "reduce-rate" else self.connection_factors
-            factor = factors.get(scope)
-            if factor is None:
-                factor = factors[scope] = AdaptiveLimit(1.0, RECOVERY_STEP, rule.duration)
-            factor.lower(rule.factor, now)
+            until = now + rule.duration
+            self._holds.add(scope, until, f"automation: {rule.match} -> suspend")
+            # Traffic comes back gradually: at `factor` of the rate when the
+            # suspension ends, a step more per clean period after that.
+            self._lower(self.rate_factors, scope, rule, until)
+        elif rule.action == "reduce-rate":
+            self._lower(self.rate_factors, scope, rule, now)
+        elif rule.action == "reduce-connections":
+            self._lower(self.connection_factors, scope, rule, now)
+
+    @staticmethod
+    def _lower(
+        factors: dict[Scope, AdaptiveLimit], scope: Scope, rule: Automation, since: float
+    ) -> None:
+        factor = factors.get(scope)
+        if factor is None:
+            factor = factors[scope] = AdaptiveLimit(1.0, RECOVERY_STEP, rule.duration)
+        factor.lower(rule.factor, since)
 
     @staticmethod
     def _factor(factors: dict[Scope, AdaptiveLimit], scopes: list[Scope], now: float) -> float:

@@ -7,10 +7,11 @@ alternates a-a-b rather than bursting) among those that can send right now;
 the delivery engine decides which can (holds, connection limits and rates
 per source and site, and the caps below).
 
-Caps are rates per source, overall or towards one provider ("1000/d to
-google"), that plugins set: IP warm-up (issue 5) raises them day by day. A
-source past its cap is skipped until it may send again; mail is not bound
-to a source until one with capacity takes it.
+Caps are rates per source: its own `message_rate` from the config, and caps
+that plugins set, overall or towards one provider ("1000/d to google"): IP
+warm-up (issue 5) raises them day by day. A source past a cap is skipped
+until it may send again; mail is not bound to a source until one with
+capacity takes it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from gateway.config import EgressConfig
 
 # With no [egress] sources, one source lets the OS pick the address.
 DEFAULT_SOURCE = "default"
+# The cap key of a source's own configured `message_rate`, apart from plugin caps.
+LIMIT = "(source limit)"
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,12 @@ class SourcePicker:
         ]
         self._weights = list(weights.values()) or [1]
         self._current = [0] * len(self._sources)
-        self._caps: dict[tuple[str, str], tuple[str, RateLimiter]] = {}  # (source, provider)
+        # (source, "*" | provider | LIMIT) -> (rate, its limiter)
+        self._caps: dict[tuple[str, str], tuple[str, RateLimiter]] = {
+            (s.name, LIMIT): (s.message_rate, RateLimiter(s.message_rate))
+            for s in config.sources
+            if s.message_rate
+        }
 
     @property
     def sources(self) -> list[Source]:
@@ -82,7 +90,7 @@ class SourcePicker:
         return {key: rate for key, (rate, _) in self._caps.items()}
 
     def _limiters(self, source: str, provider: str | None) -> list[tuple[str, RateLimiter]]:
-        keys = [(source, "*")] + ([(source, provider)] if provider else [])
+        keys = [(source, LIMIT), (source, "*")] + ([(source, provider)] if provider else [])
         return [self._caps[k] for k in keys if k in self._caps]
 
     def cap_wait(self, source: str, provider: str | None, now: float) -> tuple[float, str]:

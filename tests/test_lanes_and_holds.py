@@ -1,6 +1,7 @@
-"""The delivery engine's admin primitives (issue 7 puts an API on them):
-suspend and resume a site, provider, source, tenant or campaign; list queues;
-explain why a message waits."""
+"""The delivery engine's lanes and holds, driven directly: which source may
+open a connection to a site (connection rate, caps, suspensions), and the
+admin primitives issue 7 puts an API on: suspend and resume a site, provider,
+source, tenant or campaign; list queues; explain why a message waits."""
 
 from __future__ import annotations
 
@@ -106,3 +107,16 @@ def test_a_suspended_tenant_goes_back_to_the_scheduler_until_the_hold_ends(
     engine.resume(Scope(tenant="shop"))
     engine.suspend(Scope(site="elsewhere", campaign="nov"), until)
     assert why(engine) is None
+
+
+def test_the_connection_rate_spaces_new_connections(tmp_path: Path) -> None:
+    engine = engine_with_queued_mail(tmp_path)
+    engine._rules[SITE].connection_rate = "2/m"  # a burst of 2, then one per 30 s
+    now = time.time()
+    picks = [engine._pick_source(SITE, engine._rules[SITE], now) for _ in range(3)]
+    assert picks[0] is not None
+    assert picks[1] is not None
+    assert picks[2] is None
+    lane = engine._lanes(SITE)[picks[0].name]
+    assert lane["why"] == "connection rate 2/m"
+    assert 29 < lane["waits_until"] - now <= 30
