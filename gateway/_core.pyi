@@ -238,9 +238,10 @@ class RateLimiter:
 
 @final
 class SchedulerQueues:
-    """The Rust scheduler's queues (issue 4, in progress: not used by delivery yet).
+    """The scheduler's queues: a timer wheel of next attempts feeding ready
+    queues per (source, site, tenant, campaign), drained in turn.
 
-    Times are seconds of the caller's monotonic clock; "" means no tenant/campaign.
+    Times are seconds of the caller's clock; "" means no tenant/campaign.
     """
 
     def __new__(cls) -> SchedulerQueues: ...
@@ -256,25 +257,20 @@ class SchedulerQueues:
         attempts: int = 0,
     ) -> int:
         """Queue one message for an attempt at `due`; returns its slot."""
-    def insert_many(
-        self, messages: Sequence[tuple[str, str, str, float, str, str, int]]
-    ) -> list[int]:
+    def insert_many(self, messages: list[tuple[str, str, str, float, str, str, int]]) -> list[int]:
         """Queue many (qid, source, site, due, tenant, campaign, attempts); GIL released."""
     def take_ready(
         self, now: float, max: int
-    ) -> tuple[list[tuple[int, str, tuple[str, str, str, str], int]], float | None]:
-        """Up to `max` (slot, qid, (source, site, tenant, campaign), attempts) ready
-        messages, and when to ask again for what rates or suspensions held back."""
+    ) -> list[tuple[int, str, tuple[str, str, str, str], int]]:
+        """Up to `max` ready (slot, qid, (source, site, tenant, campaign), attempts),
+        keys in turn."""
+    def take_ready_slots(self, now: float, max: int) -> list[int]:
+        """Like `take_ready`, only the slots (for callers keeping a record per slot)."""
     def finish_many(self, slots: Sequence[int]) -> None:
         """These attempts ended for good; GIL released."""
     def finish(self, slot: int) -> None: ...
     def retry(self, slot: int, due: float) -> None:
         """The attempt was deferred: try again at `due`."""
-    def set_rate(self, source: str, site: str, rate: str | None) -> None:
-        """Limit the (source, site) lane to a rate like "100/s"; None lifts it."""
-    def suspend(self, kind: str, name: str, until: float) -> None:
-        """Hold a site, source, tenant or campaign until `until`."""
-    def resume(self, kind: str, name: str) -> None: ...
     def next_due(self) -> float | None: ...
     def memory_per_message(self) -> int:
         """Bytes held per queued message."""

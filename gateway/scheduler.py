@@ -1,9 +1,9 @@
-"""When each delivery job runs next, kept in the Rust scheduler's queues.
+"""When each delivery job runs next: the scheduled queue, in the Rust core.
 
-The delivery engine only calls `add`, `pop_due`, `next_due` and `backoff`.
-Issue 4 (in progress) grows this into per-(source, site) ready queues with
-rates, suspensions and automation; today every job's queue key is its
-destination domain and no rate applies.
+Jobs wait in `_core.SchedulerQueues` (a timer wheel) until due; `pop_due`
+hands out due jobs in batches, in turn per (domain, tenant, campaign) so a
+big campaign cannot starve the rest. The engine then routes them to their
+site's ready queue and applies rates, connection limits and holds per lane.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ class RetryScheduler:
     def pop_due(self, now: float) -> list[Job]:
         due: list[Job] = []
         while True:
-            taken, _ = self._queues.take_ready(now, 1000)
-            if not taken:
+            slots = self._queues.take_ready_slots(now, 1000)
+            if not slots:
                 return due
-            slots = [slot for slot, *_ in taken]
             due += [self._jobs.pop(slot) for slot in slots]
             self._queues.finish_many(slots)
 

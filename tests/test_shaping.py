@@ -130,9 +130,12 @@ def test_automation_scoped_to_tenant_and_campaign(tmp_path: Path) -> None:
     assert holds.find(now, site="mx.x.test", tenant="other") is None
     assert holds.find(now, site="mx.x.test") is None  # the site is not held
     assert auto.on_reply(rules, ctx, "452 4.2.2 mailbox full", now) == "reduce-rate"
-    (scope,) = auto.label_rate_factors("mx.x.test", "shop", "nov")
-    assert scope.campaign == "nov"
-    assert auto.rate_factors[scope].value(now) == 0.25
+    tenant, campaign = auto.label_rate_factors("mx.x.test", "shop", "nov")
+    assert campaign.campaign == "nov"
+    assert auto.rate_factors[campaign].value(now) == 0.25
+    # The tenant's suspension ends gradually: at half its rate when it lifts.
+    assert tenant.tenant == "shop"
+    assert auto.rate_factors[tenant].value(now + 600) == 0.5
 
 
 def test_reduce_connections_cannot_target_a_tenant(tmp_path: Path) -> None:

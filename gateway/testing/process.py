@@ -71,6 +71,9 @@ class GatewayProcess(Service):
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
+        """Start the gateway; already running, do nothing (so `with gw.start():` works)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(dump_toml(self.config))
         log = self.log_path.open("ab")

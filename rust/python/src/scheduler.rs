@@ -1,16 +1,17 @@
-//! `SchedulerQueues`: the Rust scheduler's queues for Python (issue 4, in
-//! progress; the delivery engine does not use it yet). Names of sources,
-//! sites, tenants and campaigns are interned here; times are seconds of the
-//! caller's monotonic clock.
+//! The scheduler for Python: `SchedulerQueues` (the delivery engine's
+//! scheduled and ready queues), and the shaping arithmetic the engine applies
+//! per connection (`RateLimiter`, `EventWindow`, `AdaptiveLimit`). Names of
+//! sources, sites, tenants and campaigns are interned here; times are seconds
+//! of the caller's clock.
 
-use gateway_core::shaping::queues::{QueueKey, Queues, Scope, SlotId};
+use gateway_core::shaping::queues::{QueueKey, Queues, SlotId};
 use gateway_core::shaping::rate::Rate;
 use gateway_core::shaping::window::Threshold;
 use gateway_core::shaping::Nanos;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
-use std::collections::HashMap;
+use pyo3::types::{PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap as HashMap;
 
 fn to_nanos(seconds: f64) -> Nanos {
     (seconds.max(0.0) * 1e9) as Nanos
@@ -55,9 +56,6 @@ impl Names {
         }
     }
 }
-
-/// (qid, source, site, due, tenant, campaign, attempts) as `insert_many` takes it.
-type NewMessage = (String, String, String, f64, String, String, u16);
 
 /// A message handed out: (slot, qid, (source, site, tenant, campaign), attempts).
 type TakenTuple<'py> = (u32, Bound<'py, PyString>, Bound<'py, PyTuple>, u16);
@@ -207,7 +205,7 @@ impl SchedulerQueues {
         Self {
             queues: Queues::new(),
             names: Names::default(),
-            key_tuples: HashMap::new(),
+            key_tuples: HashMap::default(),
         }
     }
 
@@ -234,12 +232,23 @@ impl SchedulerQueues {
             .insert(qid_bytes(qid)?, key, to_nanos(due), attempts))
     }
 
-    /// Queue many messages; the queue work runs with the GIL released.
-    fn insert_many(&mut self, py: Python<'_>, messages: Vec<NewMessage>) -> PyResult<Vec<u32>> {
+    /// Queue many messages, each a tuple (qid, source, site, due, tenant,
+    /// campaign, attempts). Strings are read in place, not copied; the queue
+    /// work runs with the GIL released.
+    fn insert_many(&mut self, py: Python<'_>, messages: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
         let mut prepared = Vec::with_capacity(messages.len());
-        for (qid, source, site, due, tenant, campaign, attempts) in &messages {
-            let key = self.key(source, site, tenant, campaign);
-            prepared.push((qid_bytes(qid)?, key, to_nanos(*due), *attempts));
+        for item in messages.iter() {
+            let t = item.cast::<PyTuple>()?;
+            if t.len() != 7 {
+                return Err(PyValueError::new_err(
+                    "a message is (qid, source, site, due, tenant, campaign, attempts)",
+                ));
+            }
+            let text = |i: usize| -> PyResult<&str> { t.get_borrowed_item(i)?.extract::<&str>() };
+            let key = self.key(text(1)?, text(2)?, text(4)?, text(5)?);
+            let due: f64 = t.get_borrowed_item(3)?.extract()?;
+            let attempts: u16 = t.get_borrowed_item(6)?.extract()?;
+            prepared.push((qid_bytes(text(0)?)?, key, to_nanos(due), attempts));
         }
         let queues = &mut self.queues;
         Ok(py.detach(|| {
@@ -250,16 +259,15 @@ impl SchedulerQueues {
         }))
     }
 
-    /// Up to `max` ready messages, keys in turn, under lane rates and
-    /// suspensions; and when to ask again for what was held back.
+    /// Up to `max` ready messages, keys in turn.
     fn take_ready<'py>(
         &mut self,
         py: Python<'py>,
         now: f64,
         max: usize,
-    ) -> PyResult<(Vec<TakenTuple<'py>>, Option<f64>)> {
+    ) -> PyResult<Vec<TakenTuple<'py>>> {
         let queues = &mut self.queues;
-        let (taken, wake) = py.detach(|| queues.take_ready(to_nanos(now), max));
+        let taken = py.detach(|| queues.take_ready(to_nanos(now), max));
         let mut out = Vec::with_capacity(taken.len());
         for t in taken {
             let key = match self.key_tuples.get(&t.key) {
@@ -278,7 +286,16 @@ impl SchedulerQueues {
             let qid = std::str::from_utf8(&t.qid).unwrap_or("????????????????");
             out.push((t.slot, PyString::new(py, qid), key, t.attempts));
         }
-        Ok((out, wake.map(to_seconds)))
+        Ok(out)
+    }
+
+    /// Like `take_ready`, but only the slots: for callers that keep their own
+    /// record per slot (the delivery scheduler does), which saves building a
+    /// string and a tuple per message.
+    fn take_ready_slots(&mut self, py: Python<'_>, now: f64, max: usize) -> Vec<SlotId> {
+        let queues = &mut self.queues;
+        let taken = py.detach(|| queues.take_ready(to_nanos(now), max));
+        taken.into_iter().map(|t| t.slot).collect()
     }
 
     /// The attempts of these slots ended for good.
@@ -296,31 +313,6 @@ impl SchedulerQueues {
         self.queues.retry(slot, to_nanos(due));
     }
 
-    /// Limit the (source, site) lane to `rate` (like "100/s"); None lifts it.
-    #[pyo3(signature = (source, site, rate))]
-    fn set_rate(&mut self, source: &str, site: &str, rate: Option<&str>) -> PyResult<()> {
-        let rate = rate
-            .map(|r| r.parse::<Rate>())
-            .transpose()
-            .map_err(|e| PyValueError::new_err(e.0))?;
-        let (source, site) = (self.names.id(source), self.names.id(site));
-        self.queues.set_rate(source, site, rate);
-        Ok(())
-    }
-
-    /// Hold a site, source, tenant or campaign until `until`.
-    fn suspend(&mut self, kind: &str, name: &str, until: f64) -> PyResult<()> {
-        let scope = self.scope(kind, name)?;
-        self.queues.suspend(scope, to_nanos(until));
-        Ok(())
-    }
-
-    fn resume(&mut self, kind: &str, name: &str) -> PyResult<()> {
-        let scope = self.scope(kind, name)?;
-        self.queues.resume(scope);
-        Ok(())
-    }
-
     fn next_due(&mut self) -> Option<f64> {
         self.queues.next_due().map(to_seconds)
     }
@@ -328,22 +320,5 @@ impl SchedulerQueues {
     /// Bytes held per queued message.
     fn memory_per_message(&self) -> usize {
         self.queues.memory_per_message()
-    }
-}
-
-impl SchedulerQueues {
-    fn scope(&mut self, kind: &str, name: &str) -> PyResult<Scope> {
-        let id = self.names.id(name);
-        Ok(match kind {
-            "site" => Scope::Site(id),
-            "source" => Scope::Source(id),
-            "tenant" => Scope::Tenant(id),
-            "campaign" => Scope::Campaign(id),
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown scope {kind:?}: use site, source, tenant or campaign"
-                )))
-            }
-        })
     }
 }

@@ -5,6 +5,7 @@
 //! never sleep.
 
 pub mod backoff;
+pub mod calendar;
 pub mod queues;
 pub mod rate;
 pub mod recovery;

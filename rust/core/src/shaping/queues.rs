@@ -1,16 +1,21 @@
-//! The scheduler's queues (issue 4, in progress): a scheduled queue of
+//! The scheduler's queues: a scheduled queue (the [`Calendar`] timer wheel) of
 //! messages waiting for their next attempt, feeding ready queues keyed by
-//! (egress source, site, tenant, campaign), drained fairly under each
-//! (source, site) lane's rate limit and any suspensions.
+//! (egress source, site, tenant, campaign) that are drained in turn, so one
+//! busy key cannot starve the others.
 //!
-//! Memory per queued message: one 48-octet slot, one 16-octet heap entry while
-//! scheduled, one 4-octet ready-queue entry while ready. Like the rest of
-//! `shaping`, no clock is read: callers pass `now`.
+//! Rates, connection limits and suspensions are applied after this, per
+//! connection, by the delivery engine (with `Gcra` and friends from this
+//! module's siblings): they depend on which source and MX host a connection
+//! has, which only the engine knows.
+//!
+//! Memory per queued message: one 48-octet slot, one 16-octet calendar entry
+//! while scheduled, one 4-octet ready-queue entry while ready. Like the rest
+//! of `shaping`, no clock is read: callers pass `now`.
 
-use super::rate::{Gcra, Rate};
+use super::calendar::{Calendar, Entry};
 use super::Nanos;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 
 /// Interned ids; 0 means "none" for tenant and campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -19,21 +24,6 @@ pub struct QueueKey {
     pub site: u32,
     pub tenant: u32,
     pub campaign: u32,
-}
-
-impl QueueKey {
-    fn lane(&self) -> (u32, u32) {
-        (self.source, self.site)
-    }
-}
-
-/// What can be suspended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    Site(u32),
-    Source(u32),
-    Tenant(u32),
-    Campaign(u32),
 }
 
 pub type SlotId = u32;
@@ -65,21 +55,15 @@ pub struct Taken {
 }
 
 #[derive(Debug, Default)]
-struct Lane {
-    rate: Option<Rate>,
-    gcra: Gcra,
-}
-
-#[derive(Debug, Default)]
 pub struct Queues {
     slots: Vec<Slot>,
     free: Vec<SlotId>,
-    scheduled: BinaryHeap<Reverse<(Nanos, SlotId)>>,
+    scheduled: Calendar,
+    /// Reused by `promote` for the entries that fell due.
+    due_scratch: Vec<Entry>,
     ready: HashMap<QueueKey, VecDeque<SlotId>>,
     /// Keys with ready messages, in round-robin order.
     active: VecDeque<QueueKey>,
-    lanes: HashMap<(u32, u32), Lane>,
-    suspended: HashMap<Scope, Nanos>,
     queued: usize,
 }
 
@@ -116,18 +100,16 @@ impl Queues {
                 (self.slots.len() - 1) as SlotId
             }
         };
-        self.scheduled.push(Reverse((due, id)));
+        self.scheduled.push(due, id);
         self.queued += 1;
         id
     }
 
     /// Move every message due by `now` to its ready queue.
     pub fn promote(&mut self, now: Nanos) {
-        while let Some(&Reverse((due, id))) = self.scheduled.peek() {
-            if due > now {
-                break;
-            }
-            self.scheduled.pop();
+        let mut due_entries = std::mem::take(&mut self.due_scratch);
+        self.scheduled.pop_due(now, &mut due_entries);
+        for &(due, id) in &due_entries {
             let slot = &mut self.slots[id as usize];
             if slot.state != State::Scheduled || slot.due != due {
                 continue; // stale entry: the slot was rescheduled or freed
@@ -140,58 +122,18 @@ impl Queues {
             }
             queue.push_back(id);
         }
+        due_entries.clear();
+        self.due_scratch = due_entries;
     }
 
-    pub fn set_rate(&mut self, source: u32, site: u32, rate: Option<Rate>) {
-        self.lanes.entry((source, site)).or_default().rate = rate;
-    }
-
-    pub fn suspend(&mut self, scope: Scope, until: Nanos) {
-        self.suspended.insert(scope, until);
-    }
-
-    pub fn resume(&mut self, scope: Scope) {
-        self.suspended.remove(&scope);
-    }
-
-    /// When the key's traffic may flow again, if something suspends it.
-    fn suspended_until(&self, key: &QueueKey, now: Nanos) -> Option<Nanos> {
-        [
-            Scope::Site(key.site),
-            Scope::Source(key.source),
-            Scope::Tenant(key.tenant),
-            Scope::Campaign(key.campaign),
-        ]
-        .iter()
-        .filter_map(|s| self.suspended.get(s).copied())
-        .filter(|until| *until > now)
-        .max()
-    }
-
-    /// Up to `max` ready messages, taking keys in turn, each under its lane's
-    /// rate and suspensions. Returns them and the earliest time something now
-    /// held back could go (a rate wait or a suspension end), if any.
-    pub fn take_ready(&mut self, now: Nanos, max: usize) -> (Vec<Taken>, Option<Nanos>) {
+    /// Up to `max` ready messages, taking keys in turn.
+    pub fn take_ready(&mut self, now: Nanos, max: usize) -> Vec<Taken> {
         self.promote(now);
-        let mut taken = Vec::new();
-        let mut wake: Option<Nanos> = None;
-        let mut blocked = 0; // consecutive keys that could not give a message
-        while taken.len() < max && blocked < self.active.len() {
+        let mut taken = Vec::with_capacity(max.min(self.queued));
+        while taken.len() < max {
             let Some(key) = self.active.pop_front() else {
                 break;
             };
-            let hold = self.suspended_until(&key, now).or_else(|| {
-                let lane = self.lanes.entry(key.lane()).or_default();
-                let rate = lane.rate?;
-                lane.gcra.try_take(rate, now).err().map(|wait| now + wait)
-            });
-            if let Some(at) = hold {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-                self.active.push_back(key);
-                blocked += 1;
-                continue;
-            }
-            blocked = 0;
             let queue = self.ready.get_mut(&key).expect("active keys have a queue");
             let id = queue.pop_front().expect("active queues are not empty");
             if queue.is_empty() {
@@ -208,19 +150,18 @@ impl Queues {
                 attempts: slot.attempts,
             });
         }
-        (taken, wake)
+        taken
     }
 
     /// The earliest scheduled attempt, if any.
     pub fn next_due(&mut self) -> Option<Nanos> {
-        while let Some(&Reverse((due, id))) = self.scheduled.peek() {
-            let slot = &self.slots[id as usize];
-            if slot.state == State::Scheduled && slot.due == due {
-                return Some(due);
-            }
-            self.scheduled.pop();
-        }
-        None
+        let slots = &self.slots;
+        self.scheduled
+            .first_live(|(due, id)| {
+                let slot = &slots[id as usize];
+                slot.state == State::Scheduled && slot.due == due
+            })
+            .map(|(due, _)| due)
     }
 
     /// An attempt ended for good (delivered, bounced, expired): forget it.
@@ -240,13 +181,13 @@ impl Queues {
         slot.attempts = slot.attempts.saturating_add(1);
         slot.due = due;
         slot.state = State::Scheduled;
-        self.scheduled.push(Reverse((due, id)));
+        self.scheduled.push(due, id);
     }
 
     /// Bytes held per queued message (slots, heap and ready entries), for the benchmark.
     pub fn memory_per_message(&self) -> usize {
         let bytes = self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.scheduled.capacity() * std::mem::size_of::<Reverse<(Nanos, SlotId)>>()
+            + self.scheduled.memory()
             + self.ready.values().map(|q| q.capacity() * 4).sum::<usize>();
         bytes / self.queued.max(1)
     }
@@ -255,7 +196,6 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shaping::SECOND;
 
     fn qid(n: u8) -> [u8; 16] {
         [n; 16]
@@ -275,47 +215,34 @@ mod tests {
         q.insert(qid(1), key(1), 10, 0);
         q.insert(qid(2), key(1), 5, 0);
         q.insert(qid(3), key(2), 5, 0);
-        assert_eq!(q.take_ready(4, 10).0, []);
+        assert_eq!(q.take_ready(4, 10), []);
         assert_eq!(q.next_due(), Some(5));
-        let order: Vec<_> = q.take_ready(10, 10).0.iter().map(|t| t.qid[0]).collect();
+        let order: Vec<_> = q.take_ready(10, 10).iter().map(|t| t.qid[0]).collect();
         assert_eq!(order, [2, 3, 1]); // site 1, site 2, then site 1 again
     }
 
     #[test]
-    fn a_lane_rate_holds_and_says_when_to_come_back() {
+    fn one_busy_key_does_not_starve_another() {
         let mut q = Queues::new();
-        for n in 0..30 {
-            q.insert(qid(n), key(7), 0, 0);
+        for n in 0..100 {
+            q.insert(qid(1), key(1), 0, 0);
+            if n < 3 {
+                q.insert(qid(2), key(2), 0, 0);
+            }
         }
-        q.set_rate(1, 7, Some("10/s".parse().unwrap()));
-        let (first, wake) = q.take_ready(0, 100);
-        assert_eq!(first.len(), 10);
-        assert_eq!(wake, Some(SECOND / 10));
-        assert_eq!(q.take_ready(SECOND / 10, 100).0.len(), 1);
-        assert_eq!(q.take_ready(SECOND, 100).0.len(), 9);
-    }
-
-    #[test]
-    fn suspension_holds_one_site_not_the_others() {
-        let mut q = Queues::new();
-        q.insert(qid(1), key(1), 0, 0);
-        q.insert(qid(2), key(2), 0, 0);
-        q.suspend(Scope::Site(1), 100);
-        let (taken, wake) = q.take_ready(0, 10);
-        assert_eq!(taken.iter().map(|t| t.qid[0]).collect::<Vec<_>>(), [2]);
-        assert_eq!(wake, Some(100));
-        assert_eq!(q.take_ready(100, 10).0.len(), 1);
+        let first: Vec<u8> = q.take_ready(0, 6).iter().map(|t| t.qid[0]).collect();
+        assert_eq!(first, [1, 2, 1, 2, 1, 2]);
     }
 
     #[test]
     fn retry_reschedules_and_finish_frees_the_slot() {
         let mut q = Queues::new();
         let id = q.insert(qid(1), key(1), 0, 0);
-        let (taken, _) = q.take_ready(0, 1);
+        let taken = q.take_ready(0, 1);
         assert_eq!(taken[0].slot, id);
         q.retry(id, 50);
-        assert_eq!(q.take_ready(49, 1).0, []);
-        let again = q.take_ready(50, 1).0;
+        assert_eq!(q.take_ready(49, 1), []);
+        let again = q.take_ready(50, 1);
         assert_eq!(again[0].attempts, 1);
         q.finish(id);
         assert!(q.is_empty());
