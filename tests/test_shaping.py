@@ -145,3 +145,10 @@ def test_reduce_connections_cannot_target_a_tenant(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="acts on a site or source"):
         load_shaping([path])
+
+
+def test_site_timeouts_name_the_same_timeouts_as_the_delivery_section() -> None:
+    from gateway.config import DeliveryTimeouts
+    from gateway.shaping import TimeoutOverrides
+
+    assert set(TimeoutOverrides.model_fields) == set(DeliveryTimeouts.model_fields)

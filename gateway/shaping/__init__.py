@@ -61,17 +61,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Limits(_Model):
-    """Shaping values; None means "not set here" so layers can leave keys alone."""
-
-    max_connections: int | None = Field(default=None, ge=1)
-    max_messages_per_connection: int | None = Field(default=None, ge=1)
-    message_rate: RateText | None = None
-    connection_rate: RateText | None = None
-    tls: Literal["opportunistic", "required"] | None = None
-    timeouts: TimeoutOverrides | None = None
-
-
 class TimeoutOverrides(_Model):
     """Per-site SMTP timeouts over `[delivery.timeouts]`; unset ones keep that value."""
 
@@ -84,6 +73,17 @@ class TimeoutOverrides(_Model):
     data_init: Duration | None = None
     data_block: Duration | None = None
     data_done: Duration | None = None
+
+
+class Limits(_Model):
+    """Shaping values; None means "not set here" so layers can leave keys alone."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    max_messages_per_connection: int | None = Field(default=None, ge=1)
+    message_rate: RateText | None = None
+    connection_rate: RateText | None = None
+    tls: Literal["opportunistic", "required"] | None = None
+    timeouts: TimeoutOverrides | None = None
 
 
 class Automation(_Model):

@@ -1,6 +1,6 @@
-//! Traffic-shaping primitives for the scheduler (issue 4, in progress): rates
-//! and the GCRA limiter, retry backoff, "N in D" reply thresholds and limits
-//! that recover step by step. Nothing here reads a clock: every call takes
+//! The scheduler's data structures and traffic-shaping arithmetic: the timer
+//! wheel and queues, rates and the GCRA limiter, retry backoff, "N in D" reply
+//! thresholds and limits that recover step by step. Nothing here reads a clock: every call takes
 //! `now` in nanoseconds from an arbitrary origin, so tests control time and
 //! never sleep.
 
