@@ -30,14 +30,14 @@ class RetryScheduler:
     def __init__(self, config: RetryConfig) -> None:
         self._config = config
         self._queues = SchedulerQueues()
-        self._jobs: dict[int, Job] = {}  # slot in the Rust queues -> job
+        self._jobs: dict[int, tuple[Job, float]] = {}  # slot in the Rust queues -> (job, due)
 
     def __len__(self) -> int:
         return len(self._jobs)
 
     def add(self, job: Job, at: float) -> None:
         slot = self._queues.insert(job.qid, "", job.domain, at, job.tenant, job.campaign)
-        self._jobs[slot] = job
+        self._jobs[slot] = (job, at)
 
     def next_due(self) -> float | None:
         return self._queues.next_due()
@@ -48,8 +48,17 @@ class RetryScheduler:
             slots = self._queues.take_ready_slots(now, 1000)
             if not slots:
                 return due
-            due += [self._jobs.pop(slot) for slot in slots]
+            due += [self._jobs.pop(slot)[0] for slot in slots]
             self._queues.finish_many(slots)
+
+    def by_domain(self) -> dict[str, tuple[int, float]]:
+        """Per destination domain: jobs waiting, and the soonest next attempt.
+        (A walk over every job: for the admin API, not the delivery path.)"""
+        rows: dict[str, tuple[int, float]] = {}
+        for job, due in self._jobs.values():
+            count, soonest = rows.get(job.domain, (0, due))
+            rows[job.domain] = (count + 1, min(soonest, due))
+        return rows
 
     def backoff(self, attempts: int) -> float:
         """Delay before attempt `attempts + 1`: first · multiplier^(n-1), capped, ± jitter."""

@@ -101,7 +101,11 @@ def test_a_suspended_tenant_goes_back_to_the_scheduler_until_the_hold_ends(
     until = time.time() + 600
     engine.suspend(Scope(tenant="shop"), until)
     assert engine.queues() == [] or engine.queues()[0]["ready"] == 0
-    assert engine.scheduled() == {"jobs": 2, "next_attempt": until}
+    assert engine.scheduled() == {
+        "jobs": 2,
+        "next_attempt": until,
+        "domains": {"yahoo.com": {"jobs": 2, "next_attempt": until}},
+    }
     assert why(engine) == "suspended by an operator (tenant=shop)"
     # A campaign hold at one site only covers that site.
     engine.resume(Scope(tenant="shop"))

@@ -369,8 +369,15 @@ class DeliveryEngine:
         return round(now - min(received), 3) if received else None
 
     def scheduled(self) -> dict[str, Any]:
-        """The scheduled queue: jobs waiting for their next attempt, and the soonest."""
-        return {"jobs": len(self._scheduler), "next_attempt": self._scheduler.next_due()}
+        """The scheduled queue: jobs waiting for a next attempt, in all and per domain."""
+        return {
+            "jobs": len(self._scheduler),
+            "next_attempt": self._scheduler.next_due(),
+            "domains": {
+                domain: {"jobs": count, "next_attempt": soonest}
+                for domain, (count, soonest) in sorted(self._scheduler.by_domain().items())
+            },
+        }
 
     def explain(self, qid: str) -> dict[str, Any] | None:
         """Why a message waits: each recipient's state, its site's rules, holds and waits."""
