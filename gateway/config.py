@@ -276,6 +276,35 @@ class LogConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class PluginsConfig(_Section):
+    """Which plugins run, in what order, and how long one may take."""
+
+    # Plugin names (entry points of the group "gateway") to run; empty: every
+    # one installed. `disabled` wins over `enabled`.
+    enabled: list[str] = []
+    disabled: list[str] = []
+    # These run first, in this order; the others after them, by name.
+    order: list[str] = []
+    # An async hook implementation that takes longer is abandoned: a 4xx for
+    # SMTP decisions, a logged error elsewhere.
+    timeout: Duration = 30.0
+    timeouts: dict[str, Duration] = {}  # per plugin name, over `timeout`
+
+
+class StoreConfig(_Section):
+    """Policy state (suppressions, consent, warm-up progress)."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # default: <node.data_dir>/policy.sqlite3
+
+
+class HttpConfig(_Section):
+    """The HTTP listener for plugin endpoints (one-click unsubscribe, consent)."""
+
+    listen: str = "127.0.0.1:8025"  # "" turns it off
+    public_url: str = ""  # how recipients reach it, e.g. "https://unsub.example.com"
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     smtp: SmtpConfig = SmtpConfig()
@@ -286,6 +315,15 @@ class Config(_Section):
     message: MessageConfig = MessageConfig()
     dkim: DkimConfig = DkimConfig()
     log: LogConfig = LogConfig()
+    plugins: PluginsConfig = PluginsConfig()
+    # One table per plugin, checked against the plugin's own Settings model.
+    plugin: dict[str, dict[str, Any]] = {}
+    store: StoreConfig = StoreConfig()
+    http: HttpConfig = HttpConfig()
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.node.data_dir / "policy.sqlite3"
 
     @property
     def helo_name(self) -> str:
@@ -300,11 +338,11 @@ class ConfigError(Exception):
     """A configuration problem, with the dotted key and the reason."""
 
 
-def describe_errors(exc: ValidationError) -> str:
-    """One line per validation error: the dotted key, then what is wrong."""
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """One line per validation error: the dotted key (after `prefix`), then what is wrong."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -32,3 +32,18 @@ PREPARE_SECONDS = Histogram(
     "Time to normalise, parse, lint, fix and DKIM-sign one message.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+PLUGIN_CALLS_FAILED = Counter(
+    "gateway_plugin_errors_total",
+    "Plugin hook calls that raised or timed out, by plugin, hook and kind (error, timeout).",
+    ["plugin", "hook", "kind"],
+)
+POLICY_REFUSALS = Counter(
+    "gateway_policy_refusals_total",
+    "SMTP commands refused by a plugin's decision, by stage (connect, mail, rcpt, data) and code.",
+    ["stage", "code"],
+)
+BOUNCE_CLASSES = Counter(
+    "gateway_delivery_failures_total",
+    "Failed delivery attempts by bounce class and kind (deferred, bounced, expired).",
+    ["bounce_class", "kind"],
+)

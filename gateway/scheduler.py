@@ -24,6 +24,7 @@ class Job:
     rcpts: list[int] = field(default_factory=list)
     tenant: str = ""
     campaign: str = ""
+    pool: str = ""  # the egress pool, once routed ("" = the default pool)
 
 
 class RetryScheduler:

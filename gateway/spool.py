@@ -57,6 +57,7 @@ class Envelope:
     body_8bit: bool = False
     tenant: str = ""
     campaign: str = ""
+    stream: str = ""  # from X-Gateway-Stream: "marketing", "transactional", ...
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":")).encode()

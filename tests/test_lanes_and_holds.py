@@ -88,9 +88,9 @@ def test_a_source_cap_makes_its_lane_wait(tmp_path: Path) -> None:
     engine.sources.take_cap(source.name, "yahoo", now)
     wait, reason = engine._send_wait((source.name, SITE), rules, now)
     assert 3599 < wait <= 3600
-    assert reason == "source cap 1/h"
+    assert reason == "source cap 1/h to yahoo"
     assert engine._pick_source(SITE, rules, now) is None
-    assert engine._lanes(SITE)[source.name]["why"] == "source cap 1/h"
+    assert engine._lanes(SITE)[source.name]["why"] == "source cap 1/h to yahoo"
     engine.sources.set_cap(source.name, None, provider="yahoo")
 
 

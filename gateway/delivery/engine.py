@@ -27,6 +27,9 @@ from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
+from gateway.metrics import BOUNCE_CLASSES
+from gateway.plugin import Capacity, Delivery, Destination, Route, envelope_info
+from gateway.plugin_host import PluginHost
 from gateway.scheduler import Job, RetryScheduler
 from gateway.shaping import Resolved, load_shaping
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
@@ -71,8 +74,15 @@ Lane = tuple[str, str]  # (egress source, site): what rates and connection limit
 
 
 class DeliveryEngine:
-    def __init__(self, config: Config, spool: Spool, resolver: MxResolver) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        resolver: MxResolver,
+        plugins: PluginHost | None = None,
+    ) -> None:
         self._config = config
+        self._plugins = plugins or PluginHost(config, plugins={})
         self._spool = spool
         self._resolver = resolver
         self.sources = SourcePicker(config.egress, config.helo_name)
@@ -85,7 +95,9 @@ class DeliveryEngine:
         self._sites: dict[str, list[MxHost]] = {}  # site -> its MX hosts
         self._shaping = load_shaping(config.delivery.shaping_files)
         self._rules: dict[str, Resolved] = {}  # site -> its shaping rules
-        self._ready: dict[str, deque[Job]] = defaultdict(deque)  # site -> due jobs
+        # (site, pool) -> due jobs; a session of a pool's source takes from its queue.
+        self._ready: dict[tuple[str, str], deque[Job]] = defaultdict(deque)
+        self._routes: dict[tuple[str, ...], str] = {}  # delivery_route answers, cached
         self.holds = Holds()  # suspensions, by operators and automation
         self._automation = ReplyAutomation(self.holds)
         self._message_rates: dict[Lane, RateLimiter] = {}
@@ -94,6 +106,7 @@ class DeliveryEngine:
         self._waits: dict[Lane, tuple[float, str]] = {}  # lane -> (may send again at, why)
         self._active: dict[Lane, int] = defaultdict(int)  # open sessions
         self._site_active: dict[str, int] = defaultdict(int)
+        self._pool_active: dict[tuple[str, str], int] = defaultdict(int)
         self._total_active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -164,8 +177,31 @@ class DeliveryEngine:
             hold = self._label_hold(site, job, now)
             if hold:
                 self._scheduler.add(job, hold.until)
-            else:
-                self._ready[site].append(job)
+                continue
+            job.pool = self._route_pool(job, site)
+            self._ready[(site, job.pool)].append(job)
+
+    def _route_pool(self, job: Job, site: str) -> str:
+        """The egress pool for a job: a plugin's delivery_route, else the default."""
+        message = self._messages.get(job.qid)
+        if message is None or not self._plugins.has("delivery_route"):
+            return ""
+        env = message.envelope
+        sender_domain = env.sender.rpartition("@")[2].lower()
+        key = (sender_domain, env.tenant, env.campaign, env.stream, site)
+        pool = self._routes.get(key)
+        if pool is None:
+            route = self._plugins.first_sync(
+                "delivery_route",
+                envelope=envelope_info(env),
+                destination=Destination(job.domain, site, self._rules[site].provider),
+            )
+            pool = route.pool if isinstance(route, Route) else ""
+            if pool and pool not in self.sources.pools():
+                event("route_unknown_pool", logging.ERROR, pool=pool, qid=job.qid)
+                pool = ""
+            self._routes[key] = pool
+        return pool
 
     async def _resolve(self, domain: str) -> None:
         try:
@@ -194,25 +230,28 @@ class DeliveryEngine:
         now = time.time()
         self.holds.expire(now)
         self._waits = {lane: w for lane, w in self._waits.items() if w[0] > now}
-        for site in list(self._ready):
-            queue = self._ready[site]
+        for (site, pool), queue in list(self._ready.items()):
             if not queue:
-                if not self._site_active.get(site):
-                    del self._ready[site]
+                if not self._pool_active.get((site, pool)):
+                    del self._ready[(site, pool)]
                 continue
             rules = self._rules[site]
             if self.holds.find(now, site=site, provider=rules.provider):
                 continue
             wanted = min(len(queue), limits.max_connections_per_destination)
-            while self._site_active[site] < wanted and self._total_active < limits.max_connections:
-                source = self._pick_source(site, rules, now)
+            while (
+                self._pool_active[(site, pool)] < wanted
+                and self._site_active[site] < limits.max_connections_per_destination
+                and self._total_active < limits.max_connections
+            ):
+                source = self._pick_source(site, rules, now, pool)
                 if source is None:
                     break
-                lane = (source.name, site)
-                self._active[lane] += 1
+                self._active[(source.name, site)] += 1
+                self._pool_active[(site, pool)] += 1
                 self._site_active[site] += 1
                 self._total_active += 1
-                self._spawn(self._session(site, source), f"deliver:{source.name}:{site}")
+                self._spawn(self._session(site, pool, source), f"deliver:{source.name}:{site}")
 
     # -- lanes: which source may open a connection to a site, and send on it ----
 
@@ -225,8 +264,8 @@ class DeliveryEngine:
         factor = self._automation.lane_connection_factor(lane[1], lane[0], now)
         return max(1, int(rules.max_connections * factor))
 
-    def _pick_source(self, site: str, rules: Resolved, now: float) -> Source | None:
-        """The next source (by pool weight) free to open a connection to `site` now."""
+    def _pick_source(self, site: str, rules: Resolved, now: float, pool: str = "") -> Source | None:
+        """The next source of `pool` (by weight) free to open a connection to `site` now."""
 
         def usable(source: Source) -> bool:
             lane = (source.name, site)
@@ -238,12 +277,12 @@ class DeliveryEngine:
                 return False
             wait, cap = self.sources.cap_wait(source.name, rules.provider, now)
             if wait:
-                self._wait(lane, now + wait, f"source cap {cap}")
+                self._wait(lane, now + wait, cap)
                 return False
             return True
 
         for _ in self.sources.sources:
-            source = self.sources.pick(usable)
+            source = self.sources.pick(usable, pool)
             if source is None:
                 return None
             lane = (source.name, site)
@@ -270,7 +309,7 @@ class DeliveryEngine:
         rate_wait = self._message_rate(lane, now).wait(now)
         if rate_wait >= wait:
             return rate_wait, f"message rate {rules.message_rate}"
-        return wait, f"source cap {cap}"
+        return wait, cap
 
     def _label_hold(self, site: str, job: Job, now: float) -> Hold | None:
         """A hold or lowered rate on the job's tenant or campaign at `site`: until when."""
@@ -303,7 +342,7 @@ class DeliveryEngine:
     def _park_held_labels(self) -> None:
         """Move ready jobs of held tenants or campaigns back to the scheduler."""
         now = time.time()
-        for site, queue in self._ready.items():
+        for (site, pool), queue in self._ready.items():
             keep: deque[Job] = deque()
             for job in queue:
                 hold = self._label_hold(site, job, now) if job.tenant or job.campaign else None
@@ -311,7 +350,7 @@ class DeliveryEngine:
                     self._scheduler.add(job, hold.until)
                 else:
                     keep.append(job)
-            self._ready[site] = keep
+            self._ready[(site, pool)] = keep
 
     # -- admin primitives (issue 7 builds the API on them) ----------------------
 
@@ -332,7 +371,10 @@ class DeliveryEngine:
         """Every site with mail ready or connections open, with its holds and waits."""
         now = time.time()
         rows = []
-        for site in sorted(set(self._ready) | {s for s, n in self._site_active.items() if n}):
+        ready: dict[str, list[Job]] = defaultdict(list)
+        for (site, _), queue in self._ready.items():
+            ready[site] += queue
+        for site in sorted(set(ready) | {s for s, n in self._site_active.items() if n}):
             rules = self._rules.get(site)
             provider = rules.provider if rules else None
             hold = self.holds.find(now, site=site, provider=provider)
@@ -340,8 +382,8 @@ class DeliveryEngine:
                 {
                     "site": site,
                     "provider": provider,
-                    "ready": len(self._ready.get(site, ())),
-                    "oldest": self._oldest(self._ready.get(site, ()), now),
+                    "ready": len(ready[site]),
+                    "oldest": self._oldest(ready[site], now),
                     "connections": self._site_active.get(site, 0),
                     "held_until": hold.until if hold else None,
                     "why": f"{hold.reason} ({hold.scope})" if hold else None,
@@ -444,34 +486,37 @@ class DeliveryEngine:
 
     # -- one connection --------------------------------------------------------
 
-    async def _session(self, site: str, source: Source) -> None:
+    async def _session(self, site: str, pool: str, source: Source) -> None:
         lane = (source.name, site)
         try:
-            await self._session_inner(site, source)
+            await self._session_inner(site, pool, source)
         except Exception:
             event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
             self._active[lane] -= 1
             if not self._active[lane]:
                 del self._active[lane]
+            self._pool_active[(site, pool)] -= 1
+            if not self._pool_active[(site, pool)]:
+                del self._pool_active[(site, pool)]
             self._site_active[site] -= 1
             if not self._site_active[site]:
                 del self._site_active[site]
             self._total_active -= 1
             self._wake.set()
 
-    def _take_all(self, site: str) -> list[Job]:
-        queue = self._ready.get(site)
+    def _take_all(self, site: str, pool: str) -> list[Job]:
+        queue = self._ready.get((site, pool))
         jobs = list(queue) if queue else []
         if queue:
             queue.clear()
         return jobs
 
-    async def _session_inner(self, site: str, source: Source) -> None:
+    async def _session_inner(self, site: str, pool: str, source: Source) -> None:
         rules = self._rules[site]
-        conn, host, error, status = await self._connect(self._sites[site], source, rules)
+        conn, host, error, status = await self._connect(site, source, rules)
         if conn is None or host is None:
-            for job in self._take_all(site):
+            for job in self._take_all(site, pool):
                 await self._fail_job(job, "deferred", status, error, "")
             return
         per_connection = min(
@@ -479,7 +524,7 @@ class DeliveryEngine:
         )
         lane = (source.name, site)
         sent = 0
-        queue = self._ready[site]
+        queue = self._ready[(site, pool)]
         try:
             while queue and not conn.broken and not self._stopping and sent < per_connection:
                 now = time.time()
@@ -508,7 +553,7 @@ class DeliveryEngine:
             await conn.quit()
 
     async def _connect(
-        self, hosts: list[MxHost], source: Source, rules: Resolved
+        self, site: str, source: Source, rules: Resolved
     ) -> tuple[SmtpConnection | None, MxHost | None, str, str]:
         """A connection to the first MX host that answers, from `source`, under
         the site's TLS policy and timeouts; else the last error and its status."""
@@ -516,7 +561,7 @@ class DeliveryEngine:
         timeouts = cfg.timeouts.model_copy(update=rules.timeouts)
         require_tls = rules.tls == "required"
         error, status = "no MX host answered", "4.4.1"
-        for host in shuffle_equal(hosts):
+        for host in shuffle_equal(self._sites[site]):
             for address in host.addresses:
                 if source.address and (":" in source.address) != (":" in address):
                     continue  # an IPv4 source cannot reach an IPv6 MX, and back
@@ -535,7 +580,19 @@ class DeliveryEngine:
                     error = f"{host.name}[{address}]: {exc}"
                     status = exc.status or "4.4.1"
                     event(
-                        "connect_failed", logging.WARNING, mx=host.name, ip=address, error=str(exc)
+                        "connect_failed",
+                        logging.WARNING,
+                        mx=host.name,
+                        ip=address,
+                        source=source.name,
+                        error=str(exc),
+                    )
+                    self._plugins.all_sync(
+                        "delivery_connect_failed",
+                        source=source.name,
+                        site=site,
+                        host=host.name,
+                        error=str(exc),
                     )
                     continue
                 conn.source = source.name
@@ -596,6 +653,7 @@ class DeliveryEngine:
         failures: list[tuple[dict[str, object], Failure]] = []
         retry_at: float | None = None
         retry: list[int] = []
+        outcomes_for_plugins: list[Delivery] = []
         for o in outcomes:
             rcpt = message.recipients[o.index]
             attempts = rcpt.attempts + 1
@@ -611,6 +669,10 @@ class DeliveryEngine:
                 kind, status = "bounced", "5" + status[1:]
             if kind == "deferred" and now >= expiry:
                 kind, status = "expired", "4.4.7"
+            bounce_class = ""
+            if kind != "delivered":
+                bounce_class = self._classify(kind, status, o.reply)
+                BOUNCE_CLASSES.labels(bounce_class, kind).inc()
             if kind == "deferred":
                 at = min(now + self._scheduler.backoff(attempts), expiry)
                 record.update(s="pending", n=at)
@@ -634,9 +696,30 @@ class DeliveryEngine:
             }
             if source:
                 fields["source"] = source
+            if bounce_class:
+                fields["bounce_class"] = bounce_class
             if "n" in record:
                 fields["next_attempt"] = record["n"]
             event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
+            outcomes_for_plugins.append(
+                Delivery(
+                    qid=env.qid,
+                    sender=env.sender,
+                    recipient=rcpt.address,
+                    kind=kind,  # type: ignore[arg-type]
+                    status=status,
+                    reply=o.reply,
+                    bounce_class=bounce_class,
+                    attempts=attempts,
+                    domain=domain,
+                    site=site,
+                    provider=self._rules[site].provider if site in self._rules else None,
+                    source=source,
+                    tenant=env.tenant,
+                    campaign=env.campaign,
+                    stream=env.stream,
+                )
+            )
         if failures and env.sender:
             dsn_qid = await self._send_dsn(message, [f for _, f in failures], body, now)
             for record, _ in failures:
@@ -648,6 +731,7 @@ class DeliveryEngine:
             event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
         for record in records:
             message.apply(record)
+        self._tell_plugins(outcomes_for_plugins)
         if retry and retry_at is not None:
             self._scheduler.add(Job(env.qid, domain, retry, env.tenant, env.campaign), retry_at)
             self._wake.set()
@@ -655,6 +739,41 @@ class DeliveryEngine:
             await self._spool.remove(env.qid)
             self._messages.pop(env.qid, None)
             event("finished", qid=env.qid, seconds_in_queue=round(now - env.received_at, 3))
+
+    def _classify(self, kind: str, status: str, reply: str) -> str:
+        """The bounce class of a failed attempt: a plugin's, else from the status."""
+        if kind == "expired":
+            return "expired"
+        found = self._plugins.first_sync("delivery_classify", status=status, reply=reply)
+        if isinstance(found, str) and found:
+            return found
+        return "transient" if status.startswith("4") else "other"
+
+    def _tell_plugins(self, deliveries: list[Delivery]) -> None:
+        """delivery_delivered/_deferred/_bounced, beside delivery (not awaited here)."""
+        for delivery in deliveries:
+            hook = {
+                "delivered": "delivery_delivered",
+                "deferred": "delivery_deferred",
+                "bounced": "delivery_bounced",
+                "expired": "delivery_bounced",
+            }[delivery.kind]
+            if self._plugins.has(hook):
+                self._spawn(self._plugins.all_quiet(hook, delivery=delivery), hook)
+
+    # -- egress control for plugins (gateway.plugin.Egress) ----------------------
+
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources.sources]
+
+    def pools(self) -> dict[str, dict[str, int]]:
+        return self.sources.pools()
+
+    def set_cap(
+        self, source: str, cap: str | Capacity | None, provider: str = "*", name: str = ""
+    ) -> None:
+        self.sources.set_cap(source, cap, provider, name)
+        self._wake.set()
 
     async def _send_dsn(
         self, message: SpooledMessage, failures: list[Failure], body: bytes | None, now: float

@@ -1,0 +1,144 @@
+"""The embedded policy store: one SQLite file, with a memory copy for reads.
+
+SQLite (in the standard library) in WAL mode with `synchronous=FULL`: a
+write is on disk when its transaction commits, and readers in other
+processes (the CLI) never block the gateway. Writes run on one dedicated
+thread, so the event loop never waits on a commit. Each namespace is loaded
+into memory on first use; writes update it after they commit. Every second
+at most, a read checks `PRAGMA data_version`, which changes when another
+connection committed, and reloads the loaded namespaces if it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gateway.store import PolicyStore, Record
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID
+"""
+
+# How often reads look for other processes' writes.
+EXTERNAL_CHECK_SECONDS = 1.0
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(SCHEMA)
+    return conn
+
+
+class SqliteStore(PolicyStore):
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._path = str(path)
+        self._conn = _connect(self._path)
+        self._lock = threading.Lock()  # one connection, used by the writer and by loads
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-store")
+        self._memory: dict[str, dict[str, tuple[Record, float | None]]] = {}
+        self._data_version = self._version()
+        self._checked = time.monotonic()
+
+    # -- reads (memory) --------------------------------------------------------
+
+    def _version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _namespace(self, namespace: str) -> dict[str, tuple[Record, float | None]]:
+        now = time.monotonic()
+        if now - self._checked >= EXTERNAL_CHECK_SECONDS:
+            self._checked = now
+            version = self._version()
+            if version != self._data_version:  # another process wrote: reload
+                self._data_version = version
+                self._memory.clear()
+        loaded = self._memory.get(namespace)
+        if loaded is None:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT key, value, expires_at FROM records WHERE namespace = ?",
+                    (namespace,),
+                ).fetchall()
+            loaded = self._memory[namespace] = {k: (json.loads(v), e) for k, v, e in rows}
+        return loaded
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        found = self._namespace(namespace).get(key)
+        if found is None or (found[1] is not None and found[1] <= time.time()):
+            return None
+        return found[0]
+
+    def scan(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        now = time.time()
+        for key, (record, expires) in list(self._namespace(namespace).items()):
+            if key.startswith(prefix) and (expires is None or expires > now):
+                yield key, record
+
+    # -- writes (durable, then memory) ----------------------------------------
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for row in rows:
+                    changed += self._conn.execute(sql, row).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            # Our own commit changes data_version too: not a reason to reload.
+            self._data_version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            return changed
+
+    async def _run(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write, sql, rows)
+
+    async def put(
+        self, namespace: str, key: str, record: Record, expires_at: float | None = None
+    ) -> None:
+        await self.put_many(namespace, [(key, record, expires_at)])
+
+    async def put_many(self, namespace: str, items: list[tuple[str, Record, float | None]]) -> None:
+        rows = [(namespace, k, json.dumps(r, sort_keys=True), e) for k, r, e in items]
+        await self._run(
+            "INSERT INTO records (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET "
+            "value = excluded.value, expires_at = excluded.expires_at",
+            rows,
+        )
+        memory = self._namespace(namespace)
+        for key, record, expires in items:
+            memory[key] = (record, expires)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        changed = await self._run(
+            "DELETE FROM records WHERE namespace = ? AND key = ?", [(namespace, key)]
+        )
+        self._namespace(namespace).pop(key, None)
+        return changed > 0
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            self._conn.close()
