@@ -11,10 +11,14 @@ from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
 from gateway.dkim import KeyStore
+from gateway.http import HttpServer
 from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
 from gateway.log import event
 from gateway.pipeline import MessagePipeline
+from gateway.plugin import PluginContext
+from gateway.plugin_host import PluginHost
 from gateway.spool import Spool
+from gateway.store import open_store
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -23,14 +27,34 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.spool = Spool(config.spool_dir)
-        self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns))
+        self.plugins = PluginHost(config)
+        self.store = open_store(str(config.store_path))
+        self.http = HttpServer(config.http.listen)
+        self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
         self.keys = KeyStore(config.dkim)
         self.pipeline = MessagePipeline(config, self.keys)
-        self.handler = IngressHandler(config, self.spool, self.engine.submit, self.pipeline)
+        self.handler = IngressHandler(
+            config, self.spool, self.engine.submit, self.pipeline, self.plugins
+        )
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
 
+    def _context(self, name: str) -> PluginContext:
+        return PluginContext(
+            name=name,
+            settings=self.plugins.settings[name],
+            store=self.store,
+            egress=self.engine,
+            http=self.http,
+            hostname=self.config.node.hostname,
+            public_url=self.config.http.public_url,
+            data_dir=str(self.config.node.data_dir),
+            emit=self.plugins.all_quiet,
+        )
+
     async def start(self) -> None:
+        await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
+        await self.http.start()
         recovered = 0
         for message in self.spool.recover():
             if message.done:
@@ -50,6 +74,7 @@ class Gateway:
             hostname=self.config.node.hostname,
             spool=str(self.spool.root),
             recovered=recovered,
+            plugins=self.plugins.names,
         )
 
     def reload(self) -> None:
@@ -86,7 +111,10 @@ class Gateway:
         delivery.cancel()
         watcher.cancel()
         await asyncio.gather(delivery, watcher, return_exceptions=True)
+        await self.plugins.all("gateway_shutdown")
+        await self.http.stop()
         self.pipeline.close()
+        self.store.close()
         self.spool.close()
         event("stopped", logging.INFO, queued=self.engine.queued_messages)
 

@@ -10,6 +10,7 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
 from gateway.log import setup_logging
+from gateway.plugin_host import PluginHost
 from gateway.shaping import load_shaping
 
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path)
         keys = KeyStore(config.dkim)
         load_shaping(config.delivery.shaping_files)
+        plugins = PluginHost(config)
     except (ConfigError, KeyLoadError) as exc:
         print(f"gateway: configuration error in {exc}", file=sys.stderr)
         return 2
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: configuration error in {path}:", *unbindable, sep="\n", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{path}: OK ({len(keys.signers)} DKIM keys)")
+        print(
+            f"{path}: OK ({len(keys.signers)} DKIM keys; "
+            f"plugins: {', '.join(plugins.names) or 'none'})"
+        )
         return 0
     if args.command == "dkim-records":
         for signer in keys.signers:
@@ -54,7 +59,11 @@ def _run(config: Config) -> int:
     setup_logging(config.log.level, config.log.format)
     from gateway.app import run as run_gateway
 
-    run_gateway(config)
+    try:
+        run_gateway(config)
+    except ConfigError as exc:  # a plugin that cannot start
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

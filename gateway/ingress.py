@@ -20,7 +20,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config
 from gateway.log import event
-from gateway.pipeline import MessagePipeline
+from gateway.metrics import POLICY_REFUSALS
+from gateway.pipeline import MessagePipeline, Prepared
+from gateway.plugin import Decision, EnvelopeInfo, MessageInfo, SessionInfo
+from gateway.plugin_host import PluginHost
 from gateway.spool import Envelope as SpoolEnvelope
 from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
 
@@ -78,11 +81,25 @@ class GatewaySMTP(SMTP):
     def in_transaction(self) -> bool:
         return self.envelope is not None and self.envelope.mail_from is not None
 
+    async def _handle_client(self) -> None:
+        # smtp_connect plugins decide before the greeting.
+        handler = self.event_handler
+        if isinstance(handler, IngressHandler) and self.session is not None:
+            refusal = await handler.on_connect(self.session)
+            if refusal:
+                await self.push(refusal)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()
+
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._plain_replies:
             await super().push(_with_enhanced_code(status))
         else:
             await super().push(status)
+        if isinstance(status, str) and status.startswith("421") and self.transport is not None:
+            self.transport.close()  # 421: the server closes the connection (RFC 5321 3.8)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         # EHLO lines are capabilities, not replies to be given status codes.
@@ -124,8 +141,16 @@ def _with_enhanced_code(status: str) -> str:
 
 def _sender(envelope: Envelope) -> str:
     """The envelope sender, "" for the null sender <>."""
-    mail_from = envelope.mail_from
-    return "" if mail_from is None or mail_from == "<>" else mail_from
+    return _address(envelope.mail_from or "")
+
+
+def _address(address: str) -> str:
+    return "" if address in ("<>", "") else address.strip("<>")
+
+
+def _session_info(session: Session) -> SessionInfo:
+    user = session.login_data if isinstance(session.login_data, str) else ""
+    return SessionInfo(_peer_ip(session), session.host_name or "", user)
 
 
 def _peer_ip(session: Session) -> str:
@@ -142,8 +167,10 @@ class IngressHandler:
         spool: Spool,
         submit: Callable[[SpooledMessage], None],
         pipeline: MessagePipeline,
+        plugins: PluginHost | None = None,
     ) -> None:
         self._config = config
+        self._plugins = plugins or PluginHost(config, plugins={})
         self._spool = spool
         self._pipeline = pipeline
         self._submit = submit
@@ -179,11 +206,36 @@ class IngressHandler:
         responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
         return responses
 
+    async def _decide(self, stage: str, hook: str, **kwargs: Any) -> str | None:
+        """A plugin's refusal as an SMTP reply, or None to go on."""
+        decision = await self._plugins.first(hook, **kwargs)
+        if isinstance(decision, Decision) and decision.action != "accept":
+            POLICY_REFUSALS.labels(stage, str(decision.code)).inc()
+            return str(decision)
+        return None
+
+    async def on_connect(self, session: Session) -> str | None:
+        if not self._plugins.has("smtp_connect"):
+            return None
+        refusal = await self._decide("connect", "smtp_connect", session=_session_info(session))
+        if refusal:
+            event("rejected", logging.WARNING, reason=refusal, client=_peer_ip(session))
+        return refusal
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if address != "<>" and address and "@" not in address:
             return "553 5.1.7 Sender address must be user@domain or <>"
+        refusal = await self._decide(
+            "mail",
+            "smtp_mail_from",
+            session=_session_info(session),
+            envelope=EnvelopeInfo(sender=_address(address)),
+        )
+        if refusal:
+            event("rejected", logging.WARNING, reason=refusal, client=_peer_ip(session))
+            return refusal
         envelope.mail_from = address  # "<>" stays truthy: aiosmtpd tests it before RCPT
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -203,6 +255,17 @@ class IngressHandler:
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
             return "452 4.5.3 Too many recipients"
+        refusal = await self._decide(
+            "rcpt",
+            "smtp_rcpt_to",
+            session=_session_info(session),
+            envelope=EnvelopeInfo(sender=_sender(envelope), recipients=tuple(envelope.rcpt_tos)),
+            recipient=address,
+        )
+        if refusal:
+            envelope.rejected_rcpts += 1
+            event("rejected", logging.WARNING, reason=refusal, client=ip, rcpt=address)
+            return refusal
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
@@ -219,7 +282,9 @@ class IngressHandler:
         qid = self._spool.new_qid()
         ip = _peer_ip(session)
         helo = session.host_name or ""
-        prepared = await self._pipeline.process(raw, qid=qid, smtputf8=bool(envelope.smtp_utf8))
+        prepared = await self._pipeline.prepare(raw, qid=qid, smtputf8=bool(envelope.smtp_utf8))
+        if not prepared.reply:
+            prepared.reply = await self._message_policy(session, envelope, prepared, qid)
         if prepared.reply:
             event("rejected", logging.WARNING, qid=qid, client=ip, reason=prepared.reply)
             return prepared.reply
@@ -239,6 +304,7 @@ class IngressHandler:
             body_8bit=scan.has_8bit,
             tenant=prepared.tenant,
             campaign=prepared.campaign,
+            stream=prepared.stream,
         )
         try:
             await self._spool.store(spooled, data)
@@ -261,8 +327,37 @@ class IngressHandler:
             dkim=prepared.signed_by,
             tenant=prepared.tenant,
             campaign=prepared.campaign,
+            stream=prepared.stream,
         )
         return f"250 2.0.0 Ok: queued as {qid}"
+
+    async def _message_policy(
+        self, session: Session, envelope: Envelope, prepared: Prepared, qid: str
+    ) -> str | None:
+        """smtp_data decides; message_headers add fields; then the message is signed.
+        The refusal reply, or None."""
+        info = EnvelopeInfo(
+            sender=_sender(envelope),
+            recipients=tuple(envelope.rcpt_tos),
+            qid=qid,
+            stream=prepared.stream,
+            tenant=prepared.tenant,
+            campaign=prepared.campaign,
+        )
+        message = MessageInfo(
+            headers=tuple((name, value) for name, _, value in prepared.view.headers()),
+            from_domains=tuple(prepared.view.author_domains),
+        )
+        refusal = await self._decide(
+            "data", "smtp_data", session=_session_info(session), envelope=info, message=message
+        )
+        if refusal:
+            return refusal
+        added: list[tuple[str, str]] = []
+        for fields in await self._plugins.all("message_headers", envelope=info, message=message):
+            added += [(str(name), str(value)) for name, value in fields]
+        await self._pipeline.sign(prepared, qid, added)
+        return prepared.reply
 
 
 def _received_header(

@@ -48,9 +48,11 @@ _LINT_REPLIES = {
 _GENERIC_LINT_REPLY = "550 5.6.0 Message rejected by content policy: {code}"
 
 
-# Queue-key headers a client may set; they are removed before signing and sending.
+# Label headers a client may set; they are removed before signing and sending.
 TENANT_HEADER = "X-Gateway-Tenant"
 CAMPAIGN_HEADER = "X-Gateway-Campaign"
+STREAM_HEADER = "X-Gateway-Stream"  # "marketing", "transactional", ...: for policy plugins
+LABEL_HEADERS = (TENANT_HEADER, CAMPAIGN_HEADER, STREAM_HEADER)
 _LABEL = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -91,6 +93,7 @@ class Prepared:
     unsigned_reason: str | None = None  # no_key or sign_error, when signing was wanted
     tenant: str = ""  # from X-Gateway-Tenant (removed before sending)
     campaign: str = ""  # from X-Gateway-Campaign (removed before sending)
+    stream: str = ""  # from X-Gateway-Stream (removed before sending), lower case
 
 
 class MessagePipeline:
@@ -100,15 +103,30 @@ class MessagePipeline:
         threads = config.dkim.threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="prepare")
 
-    async def process(self, raw: bytes, *, qid: str, smtputf8: bool) -> Prepared:
+    async def prepare(self, raw: bytes, *, qid: str, smtputf8: bool) -> Prepared:
+        """Normalise, parse, lint, fix (on the pool). `reply` is set if lint refuses it."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        result = await loop.run_in_executor(self._pool, self._process, raw, qid, smtputf8)
+        result = await loop.run_in_executor(self._pool, self._prepare, raw, qid, smtputf8)
         PREPARE_SECONDS.observe(time.perf_counter() - started)
-        self._account(result, qid)
         return result
 
-    def _process(self, raw: bytes, qid: str, smtputf8: bool) -> Prepared:
+    async def sign(self, result: Prepared, qid: str, add_headers: list[tuple[str, str]]) -> None:
+        """Add plugins' header fields and DKIM-sign (on the pool), then account."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._sign, result, add_headers)
+        self._account(result, qid)
+
+    async def process(self, raw: bytes, *, qid: str, smtputf8: bool) -> Prepared:
+        """prepare, then sign without added headers (for callers without plugins)."""
+        result = await self.prepare(raw, qid=qid, smtputf8=smtputf8)
+        if result.reply:
+            self._account(result, qid)
+            return result
+        await self.sign(result, qid, [])
+        return result
+
+    def _prepare(self, raw: bytes, qid: str, smtputf8: bool) -> Prepared:
         """Runs on a pool thread."""
         message = self._config.message
         prepared = prepare_message(
@@ -118,28 +136,39 @@ class MessagePipeline:
             date=email.utils.formatdate(localtime=True) if message.add_date else None,
         )
         result = Prepared(prepared.data, prepared.view, prepared.scan, prepared.findings)
-        tenant = prepared.view.get(TENANT_HEADER)
-        campaign = prepared.view.get(CAMPAIGN_HEADER)
-        if tenant is not None or campaign is not None:
-            result.tenant, result.campaign = _queue_label(tenant), _queue_label(campaign)
-            result.data = remove_header_fields(result.data, {TENANT_HEADER, CAMPAIGN_HEADER})
+        labels = {name: prepared.view.get(name) for name in LABEL_HEADERS}
+        if any(value is not None for value in labels.values()):
+            result.tenant = _queue_label(labels[TENANT_HEADER])
+            result.campaign = _queue_label(labels[CAMPAIGN_HEADER])
+            result.stream = _queue_label(labels[STREAM_HEADER]).lower()
+            result.data = remove_header_fields(result.data, set(LABEL_HEADERS))
         for finding in result.findings:
             if finding.code in message.reject:
                 result.reply = _LINT_REPLIES.get(finding.code) or _GENERIC_LINT_REPLY.format(
                     code=finding.code
                 )
                 return result
-        signers = self.keys.signers_for(prepared.view.author_domains)
+        return result
+
+    def _sign(self, result: Prepared, add_headers: list[tuple[str, str]]) -> None:
+        """Runs on a pool thread."""
+        if add_headers:
+            result.data = (
+                b"".join(f"{name}: {value}\r\n".encode() for name, value in add_headers)
+                + result.data
+            )
+        signers = self.keys.signers_for(result.view.author_domains)
         if not signers:
-            return self._unsigned(result, "no_key", "no DKIM key for the author domain")
+            self._unsigned(result, "no_key", "no DKIM key for the author domain")
+            return
         try:
             result.data = sign_message(result.data, signers)
         except DkimSignError as exc:
-            return self._unsigned(result, "sign_error", str(exc))
+            self._unsigned(result, "sign_error", str(exc))
+            return
         result.signed_by = [f"d={s.domain} s={s.selector}" for s in signers]
         for signer in signers:
             DKIM_SIGNATURES.labels(signer.algorithm).inc()
-        return result
 
     def _unsigned(self, result: Prepared, reason: str, detail: str) -> Prepared:
         action = self._config.dkim.on_failure

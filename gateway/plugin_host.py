@@ -26,7 +26,7 @@ from gateway import hookspecs
 from gateway.config import Config, ConfigError, describe_errors
 from gateway.log import event
 from gateway.metrics import PLUGIN_CALLS_FAILED
-from gateway.plugin import Decision
+from gateway.plugin import Decision, PluginContext
 
 ENTRY_POINT_GROUP = "gateway"
 TRACE_ENV = "GATEWAY_TRACE_HOOKS"
@@ -180,6 +180,19 @@ class PluginHost:
             if result is not None:
                 results.append(result)
         return results
+
+    async def startup(self, contexts: dict[str, PluginContext]) -> None:
+        """gateway_startup, each plugin with its own context. A plugin that cannot
+        start stops the gateway: running without its policy would be worse."""
+        for impl in self._impls("gateway_startup"):
+            name = impl.plugin_name
+            args = {"context": contexts[name]} if "context" in impl.argnames else {}
+            try:
+                result = impl.function(**args)
+                if inspect.isawaitable(result):
+                    await asyncio.wait_for(result, self._timeout(name))
+            except Exception as exc:
+                raise ConfigError(f"plugin {name} failed to start: {exc!r}") from exc
 
     async def all_quiet(self, hook: str, **kwargs: Any) -> None:
         """All-run hook whose results nobody reads (outcome notifications)."""
