@@ -20,9 +20,12 @@ $(PY):
 setup: $(PY)
 
 # Builds the Rust extension into gateway/_core*.so and installs the package
-# (editable) with its dev extras. Cargo makes repeat builds incremental.
+# (editable) with its dev extras, then the built-in policy plugins (their own
+# distribution in plugins/, found through entry points like any plugin).
+# Cargo makes repeat builds incremental.
 build: setup
 	$(BIN)/maturin develop --release --quiet --extras dev
+	$(BIN)/pip install -q --no-deps -e plugins
 
 # Debian packages the tests use: nsd (real DNS server for test zones),
 # postfix (smtp-source/smtp-sink for the benchmark), opendkim (an independent

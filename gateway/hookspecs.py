@@ -140,5 +140,12 @@ def feedback_unsubscribe(recipient: str, list_id: str, sender_domain: str, metho
     "manual"). Emitted by the unsubscribe plugin; suppression listens."""
 
 
+@hookspec
+def feedback_complaint(recipient: str, sender_domain: str, source: str, qid: str) -> None:
+    """All run, when a recipient reported a message as spam (an ARF report from a
+    feedback loop: issue 6 parses those and emits this; plugins may emit it
+    too). `source` is the egress source that sent it, "" if unknown."""
+
+
 def hook_names() -> list[str]:
     return [name for name, value in globals().items() if hasattr(value, "gateway_spec")]

@@ -181,8 +181,9 @@ class Egress(Protocol):
     def set_cap(
         self, source: str, cap: str | Capacity | None, provider: str = "*", name: str = ""
     ) -> None:
-        """Cap `source` overall ("*") or towards one provider: a rate like "500/h" or a
-        Capacity; None lifts it. `name` tells caps of one provider apart (e.g. "warmup")."""
+        """Cap `source` overall ("*"), towards one provider, or towards "other" (no named
+        provider): a rate like "500/h" or a Capacity; None lifts it. `name` tells caps
+        of one provider apart (e.g. "warmup")."""
         ...
 
     def suspend(self, scope: Scope, until: float, reason: str) -> None: ...

@@ -27,6 +27,8 @@ from gateway.plugin import Capacity
 
 # With no [egress] sources, one source lets the OS pick the address.
 DEFAULT_SOURCE = "default"
+# A cap "to other": destinations of no provider the shaping rules name.
+OTHER = "other"
 # The cap name of a source's own configured `message_rate`, apart from plugin caps.
 LIMIT = "source limit"
 
@@ -105,7 +107,8 @@ class SourcePicker:
     def set_cap(
         self, source: str, cap: str | Capacity | None, provider: str = "*", name: str = ""
     ) -> None:
-        """Cap `source` overall ("*") or towards one provider, with a rate like
+        """Cap `source` overall ("*"), towards one provider, or towards "other"
+        (destinations of no named provider), with a rate like
         "500/h" or a Capacity; None lifts it. Raises KeyError for an unknown
         source, ValueError for a bad rate."""
         if source not in self._sources:
@@ -127,7 +130,7 @@ class SourcePicker:
         return [
             (f"{name or 'source cap'} {cap}" + (f" to {prov}" if prov != "*" else ""), cap)
             for (src, prov, name), cap in self._caps.items()
-            if src == source and (prov == "*" or prov == provider)
+            if src == source and (prov in ("*", provider) or (prov == OTHER and provider is None))
         ]
 
     def cap_wait(self, source: str, provider: str | None, now: float) -> tuple[float, str]:

@@ -12,7 +12,7 @@ picked up within a second.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 Record = dict[str, Any]
@@ -29,12 +29,14 @@ class PolicyStore(ABC):
 
     @abstractmethod
     async def put(
-        self, namespace: str, key: str, record: Record, expires_at: float | None = None
+        self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
     ) -> None:
         """Store (or replace) a record; durable when this returns."""
 
     @abstractmethod
-    async def put_many(self, namespace: str, items: list[tuple[str, Record, float | None]]) -> None:
+    async def put_many(
+        self, namespace: str, items: Sequence[tuple[str, Mapping[str, Any], float | None]]
+    ) -> None:
         """Store many records in one transaction."""
 
     @abstractmethod

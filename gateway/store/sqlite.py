@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,11 +115,13 @@ class SqliteStore(PolicyStore):
         return await loop.run_in_executor(self._writer, self._write, sql, rows)
 
     async def put(
-        self, namespace: str, key: str, record: Record, expires_at: float | None = None
+        self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
     ) -> None:
         await self.put_many(namespace, [(key, record, expires_at)])
 
-    async def put_many(self, namespace: str, items: list[tuple[str, Record, float | None]]) -> None:
+    async def put_many(
+        self, namespace: str, items: Sequence[tuple[str, Mapping[str, Any], float | None]]
+    ) -> None:
         rows = [(namespace, k, json.dumps(r, sort_keys=True), e) for k, r, e in items]
         await self._run(
             "INSERT INTO records (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) "
@@ -129,7 +131,7 @@ class SqliteStore(PolicyStore):
         )
         memory = self._namespace(namespace)
         for key, record, expires in items:
-            memory[key] = (record, expires)
+            memory[key] = (dict(record), expires)
 
     async def delete(self, namespace: str, key: str) -> bool:
         changed = await self._run(

@@ -55,13 +55,22 @@ def _toml_value(value: Any) -> str:
 class GatewayProcess(Service):
     """`gateway run` in a subprocess; logs go to `<workdir>/gateway.log`."""
 
-    def __init__(self, workdir: Path, config: dict[str, dict[str, Any]], port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, dict[str, Any]],
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = workdir
         self.port = port or free_port()
+        self.http_port = free_port()
+        self.env = env or {}
         self.config = _merge(
             {
                 "node": {"hostname": "gateway.test", "data_dir": str(workdir / "data")},
                 "smtp": {"listen": [f"127.0.0.1:{self.port}"]},
+                "http": {"listen": f"127.0.0.1:{self.http_port}"},
                 "log": {"level": "debug", "format": "json"},
             },
             config,
@@ -81,7 +90,7 @@ class GatewayProcess(Service):
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         try:

@@ -1,0 +1,178 @@
+"""Consent: marketing mail only to recipients who agreed to it, with proof.
+
+A consent record is kept per recipient and list (a List-Id, or the sender
+domain when there is none): method (double-opt-in, single-opt-in,
+imported), when it was confirmed, and where it came from (IP address or
+URL of the sign-up form). Mail of a marketing stream to a recipient without
+a valid record is refused with 550 5.7.1: at RCPT when the stream is known
+from the sender (`sender_streams`), else at the end of DATA, when the
+X-Gateway-Stream header tells it (then the whole message is refused, naming
+how many recipients lack consent). Transactional streams are never checked.
+
+Recording, over the [http] listener (keep it on a private address):
+
+    POST /consent          {"recipient", "list", "method", "source", "confirmed_at"?}
+    POST /consent/confirm  {"recipient", "list", "source"}   (a double opt-in click)
+    DELETE /consent        {"recipient", "list"}             (withdrawn)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from aiohttp import web
+
+from gateway import (
+    Decision,
+    EnvelopeInfo,
+    MessageInfo,
+    PluginContext,
+    PluginSettings,
+    PolicyStore,
+    hookimpl,
+)
+
+NAMESPACE = "consent"
+Method = Literal["double-opt-in", "single-opt-in", "imported"]
+METHODS = ("double-opt-in", "single-opt-in", "imported")
+
+
+class ConsentSettings(PluginSettings):
+    # Streams that need consent; any other stream (e.g. "transactional") is exempt.
+    marketing_streams: list[str] = ["marketing", "newsletter", "bulk"]
+    # Stream by sender address or sender domain, so RCPT can decide.
+    sender_streams: dict[str, str] = {}
+    # Only confirmed double opt-in counts.
+    require_confirmation: bool = False
+    # Consent older than this many seconds no longer counts (absent: no limit).
+    max_age: float | None = None
+
+
+def key(list_id: str, recipient: str) -> str:
+    return f"{list_id.strip().lower()}|{recipient.strip().lower()}"
+
+
+class Consent:
+    Settings = ConsentSettings
+
+    def __init__(self) -> None:
+        self.settings = ConsentSettings()
+        self.store: PolicyStore | None = None
+
+    @hookimpl
+    def gateway_startup(self, context: PluginContext) -> None:
+        self.settings = context.settings
+        self.store = context.store
+        context.http.add("POST", "/consent", self.http_record)
+        context.http.add("POST", "/consent/confirm", self.http_confirm)
+        context.http.add("DELETE", "/consent", self.http_withdraw)
+
+    # -- the checks ---------------------------------------------------------------
+
+    def valid(self, recipient: str, lists: list[str]) -> bool:
+        assert self.store is not None
+        for list_id in lists:
+            record = self.store.get(NAMESPACE, key(list_id, recipient))
+            if record is None or record.get("withdrawn_at"):
+                continue
+            if self.settings.require_confirmation and not record.get("confirmed_at"):
+                continue
+            at = record.get("confirmed_at") or record.get("recorded_at") or 0
+            if self.settings.max_age and at < time.time() - self.settings.max_age:
+                continue
+            return True
+        return False
+
+    def stream_of_sender(self, envelope: EnvelopeInfo) -> str:
+        streams = self.settings.sender_streams
+        return streams.get(envelope.sender.lower()) or streams.get(envelope.sender_domain, "")
+
+    @hookimpl
+    def smtp_rcpt_to(self, envelope: EnvelopeInfo, recipient: str) -> Decision | None:
+        if self.stream_of_sender(envelope) not in self.settings.marketing_streams:
+            return None
+        if self.valid(recipient, [envelope.sender_domain]):
+            return None
+        return Decision.reject("No consent on record for marketing mail to this recipient")
+
+    @hookimpl
+    def smtp_data(self, envelope: EnvelopeInfo, message: MessageInfo) -> Decision | None:
+        if self.stream_of_sender(envelope):
+            return None  # decided per recipient at RCPT
+        if envelope.stream not in self.settings.marketing_streams:
+            return None
+        lists = [envelope.sender_domain]
+        list_id = message.get("List-Id")
+        if list_id:
+            lists.insert(0, list_id.rpartition("<")[2].rstrip(">").strip())
+        missing = [r for r in envelope.recipients if not self.valid(r, lists)]
+        if not missing:
+            return None
+        return Decision.reject(
+            f"No consent on record for marketing mail to {len(missing)} of "
+            f"{len(envelope.recipients)} recipients (first: {missing[0]})"
+        )
+
+    # -- recording ----------------------------------------------------------------
+
+    async def record(self, body: dict[str, Any], confirm: bool) -> dict[str, Any]:
+        assert self.store is not None
+        recipient, list_id = str(body.get("recipient", "")), str(body.get("list", ""))
+        if "@" not in recipient or not list_id:
+            raise ValueError("recipient (an address) and list are required")
+        now = time.time()
+        k = key(list_id, recipient)
+        record = dict(self.store.get(NAMESPACE, k) or {})
+        if confirm:
+            if not record:
+                raise LookupError("no sign-up on record to confirm")
+            record.update(
+                method="double-opt-in", confirmed_at=now, confirm_source=body.get("source")
+            )
+        else:
+            method = body.get("method", "single-opt-in")
+            if method not in METHODS:
+                raise ValueError(f"method must be one of {', '.join(METHODS)}")
+            record = {
+                "method": method,
+                "recorded_at": now,
+                "confirmed_at": body.get("confirmed_at")
+                or (now if method != "double-opt-in" else None),
+                "source": str(body.get("source", "")),
+            }
+        await self.store.put(NAMESPACE, k, record)
+        return record
+
+    async def _json(self, request: web.Request, confirm: bool) -> web.Response:
+        try:
+            body = await request.json()
+            record = await self.record(body if isinstance(body, dict) else {}, confirm)
+        except (ValueError, json.JSONDecodeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except LookupError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        return web.json_response(record)
+
+    async def http_record(self, request: web.Request) -> web.Response:
+        return await self._json(request, confirm=False)
+
+    async def http_confirm(self, request: web.Request) -> web.Response:
+        return await self._json(request, confirm=True)
+
+    async def http_withdraw(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        try:
+            body = await request.json()
+            k = key(str(body["list"]), str(body["recipient"]))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            return web.json_response({"error": "recipient and list are required"}, status=400)
+        record = self.store.get(NAMESPACE, k)
+        if record is None:
+            return web.json_response({"error": "no consent on record"}, status=404)
+        await self.store.put(NAMESPACE, k, {**record, "withdrawn_at": time.time()})
+        return web.json_response({"withdrawn": True})
+
+
+plugin = Consent()
