@@ -5,7 +5,7 @@ plugin imports nothing else from `gateway`.
 """
 
 from gateway._core import __version__
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, Duration, load_config
 from gateway.plugin import (
     Capacity,
     Decision,
@@ -30,6 +30,7 @@ __all__ = [
     "Decision",
     "Delivery",
     "Destination",
+    "Duration",
     "Egress",
     "EnvelopeInfo",
     "HttpRoutes",

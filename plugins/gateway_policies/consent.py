@@ -26,6 +26,7 @@ from aiohttp import web
 
 from gateway import (
     Decision,
+    Duration,
     EnvelopeInfo,
     MessageInfo,
     PluginContext,
@@ -46,8 +47,8 @@ class ConsentSettings(PluginSettings):
     sender_streams: dict[str, str] = {}
     # Only confirmed double opt-in counts.
     require_confirmation: bool = False
-    # Consent older than this many seconds no longer counts (absent: no limit).
-    max_age: float | None = None
+    # Consent older than this ("730d") no longer counts (absent: no limit).
+    max_age: Duration | None = None
 
 
 def key(list_id: str, recipient: str) -> str:

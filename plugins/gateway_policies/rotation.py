@@ -7,9 +7,10 @@ rotates sources by weight among those with capacity left (limits, caps,
 warm-up), so this plugin only names pools.
 
 A source that fails to connect to a site `rest_after` times within
-`rest_window` seconds, or that gets a reply naming a blocklist, is rested
-there (no new connections from it to that site) for `rest` seconds; the
-pool's other sources carry its mail meanwhile.
+`rest_window` seconds while another source reached that site, or that gets a
+reply naming a blocklist, is rested there (no new connections from it to
+that site) for `rest` seconds; the pool's other sources carry its mail
+meanwhile.
 
     [[plugin.rotation.rules]]
     sender_domain = "news.example.com"   # the domain or any subdomain
@@ -32,6 +33,7 @@ from pydantic import field_validator
 from gateway import (
     Delivery,
     Destination,
+    Duration,
     EnvelopeInfo,
     PluginContext,
     PluginSettings,
@@ -64,13 +66,13 @@ class Rule(PluginSettings):
 class RotationSettings(PluginSettings):
     rules: list[Rule] = []
     rest_after: int = 3  # connect failures ...
-    rest_window: float = 600.0  # ... within this many seconds
-    rest: float = 900.0
+    rest_window: Duration = 600.0  # ... within this many seconds
+    rest: Duration = 900.0
     # Replies that mean the source's IP is on a blocklist.
     blocklist_match: str = (
         r"spamhaus|spamcop|barracuda|blocklist|blacklist|block list|\bdnsbl\b|\brbl\b"
     )
-    rest_on_blocklist: float = 3600.0
+    rest_on_blocklist: Duration = 3600.0
 
     @field_validator("blocklist_match")
     @classmethod
@@ -86,6 +88,7 @@ class Rotation:
         self.context: PluginContext | None = None
         self.settings = RotationSettings()
         self.failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self.reached: dict[str, dict[str, float]] = {}  # site -> source -> last delivery
 
     @hookimpl
     def gateway_startup(self, context: PluginContext) -> None:
@@ -117,9 +120,15 @@ class Rotation:
         now = time.time()
         window = self.failures[(source, site)]
         window.append(now)
-        while window and window[0] < now - self.settings.rest_window:
+        since = now - self.settings.rest_window
+        while window and window[0] < since:
             window.popleft()
-        if len(window) >= self.settings.rest_after:
+        # Only the source's fault if another source reached the site meanwhile;
+        # when every source fails, the site is down and retries handle it.
+        others_ok = any(
+            t >= since for src, t in self.reached.get(site, {}).items() if src != source
+        )
+        if len(window) >= self.settings.rest_after and others_ok:
             window.clear()
             self._rest(
                 source,
@@ -136,6 +145,10 @@ class Rotation:
                 self.settings.rest_on_blocklist,
                 f"blocklist reply: {delivery.reply[:200]}",
             )
+
+    @hookimpl
+    def delivery_delivered(self, delivery: Delivery) -> None:
+        self.reached.setdefault(delivery.site, {})[delivery.source] = time.time()
 
     @hookimpl
     def delivery_deferred(self, delivery: Delivery) -> None:

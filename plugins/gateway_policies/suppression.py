@@ -28,6 +28,7 @@ from typing import Literal
 from gateway import (
     Decision,
     Delivery,
+    Duration,
     EnvelopeInfo,
     PluginContext,
     PluginSettings,
@@ -45,8 +46,8 @@ FIELDS = ["address", "scope", "reason", "at", "source", "expires_at"]
 
 
 class SuppressionSettings(PluginSettings):
-    # Seconds an entry lasts, per reason; absent: forever.
-    expire: dict[Reason, float] = {}
+    # How long an entry lasts, per reason ("30d"); absent: forever.
+    expire: dict[Reason, Duration] = {}
     # Bounce classes (of permanent failures) that suppress the address everywhere.
     hard_classes: list[str] = ["invalid-recipient", "bad-domain"]
 

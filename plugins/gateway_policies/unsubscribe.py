@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import EnvelopeInfo, MessageInfo, PluginContext, PluginSettings, hookimpl
+from gateway import Duration, EnvelopeInfo, MessageInfo, PluginContext, PluginSettings, hookimpl
 
 PATH = "/unsubscribe"
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -44,8 +44,8 @@ class UnsubscribeSettings(PluginSettings):
     streams: list[str] = ["marketing", "newsletter", "bulk"]
     # Also offer mailto: (an address whose mail you process), or "" for none.
     mailto: str = ""
-    # Links older than this many seconds are refused (default 90 days).
-    max_age: float = 90 * 86400.0
+    # Links older than this are refused.
+    max_age: Duration = 90 * 86400.0
 
 
 def _b64(data: bytes) -> str:

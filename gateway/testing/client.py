@@ -1,0 +1,40 @@
+"""Send a message the way a client MTA would, and report every reply."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from dataclasses import dataclass, field
+
+QID = re.compile(r"queued as ([0-9A-Z]{16})")
+
+
+@dataclass
+class SendResult:
+    """What the gateway answered: the queue ID (None if DATA was refused or never
+    sent), the refused recipients with their replies, and the DATA reply."""
+
+    qid: str | None
+    refused: dict[str, str] = field(default_factory=dict)
+    data_reply: str = ""
+
+
+def send_message(
+    port: int, sender: str, recipients: list[str], data: bytes, host: str = "127.0.0.1"
+) -> SendResult:
+    with smtplib.SMTP(host, port, timeout=30) as client:
+        client.ehlo("client.test")
+        code, reply = client.mail(sender)
+        if code != 250:
+            return SendResult(None, {r: f"{code} {reply.decode()}" for r in recipients})
+        refused = {}
+        for rcpt in recipients:
+            code, reply = client.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = f"{code} {reply.decode()}"
+        if len(refused) == len(recipients):
+            return SendResult(None, refused)
+        code, reply = client.data(data)
+        text = f"{code} {reply.decode()}"
+        found = QID.search(text) if code == 250 else None
+        return SendResult(found.group(1) if found else None, refused, text)

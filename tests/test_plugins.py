@@ -1,0 +1,145 @@
+"""The plugin system end to end: plugins installed from a test directory
+through their entry points, run by the real gateway; order, timeouts,
+exceptions, tracing and settings errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.testing.pytest_plugin import PluginGateway
+
+
+def install(tmp_path: Path, plugins: dict[str, str]) -> dict[str, str]:
+    """Write each plugin module with a dist-info that registers its entry point;
+    the environment that makes a gateway process find them."""
+    site = tmp_path / "site"
+    dist = site / "test_plugins-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: test-plugins\nVersion: 0.1\n")
+    lines = ["[gateway]"]
+    for name, source in plugins.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+        lines.append(f"{name} = {name}")
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return {"PYTHONPATH": str(site)}
+
+
+GREYLIST_BOB = """
+    from gateway import Decision, hookimpl
+
+    @hookimpl
+    def smtp_rcpt_to(recipient):
+        if recipient.startswith("bob@"):
+            return Decision.defer("Greylisted, try again later", code=450, status="4.7.1")
+"""
+
+RAISES = """
+    from gateway import hookimpl
+
+    @hookimpl
+    def smtp_rcpt_to(recipient):
+        raise RuntimeError("plugin bug")
+"""
+
+SLOW = """
+    import asyncio
+    from gateway import hookimpl
+
+    @hookimpl
+    async def smtp_rcpt_to(recipient):
+        await asyncio.sleep(5)
+"""
+
+SAYS_A = """
+    from gateway import Decision, hookimpl
+
+    @hookimpl
+    def smtp_rcpt_to(recipient):
+        return Decision.reject("said by a", code=550, status="5.7.1")
+"""
+
+SAYS_B = SAYS_A.replace("said by a", "said by b")
+
+GatewayFactory = Callable[..., PluginGateway]
+
+
+def test_a_plugin_installed_from_a_directory_is_discovered_and_runs(
+    tmp_path: Path, plugin_gateway: GatewayFactory
+) -> None:
+    env = install(tmp_path, {"greylist_bob": GREYLIST_BOB})
+    gw = plugin_gateway(["greylist_bob"], env=env)
+    assert gw.wait_event("started")["plugins"] == ["greylist_bob"]
+    result = gw.send("app@shop.test", ["ann@example.test", "bob@example.test"])
+    assert result.refused == {"bob@example.test": "450 4.7.1 Greylisted, try again later"}
+    (got,) = gw.mx.wait_for(1)
+    assert got.rcpt_tos == ["ann@example.test"]
+
+
+def test_a_failing_plugin_is_logged_and_mail_still_flows(
+    tmp_path: Path, plugin_gateway: GatewayFactory
+) -> None:
+    env = install(tmp_path, {"buggy": RAISES})
+    gw = plugin_gateway(["buggy"], env=env)
+    result = gw.send("app@shop.test", ["ann@example.test"])
+    assert result.refused == {}
+    error = gw.wait_event("plugin_error", plugin="buggy")
+    assert (error["hook"], error["kind"]) == ("smtp_rcpt_to", "error")
+    assert "plugin bug" in error["error"]
+    gw.wait_event("delivered", qid=result.qid)
+
+
+def test_a_slow_plugin_times_out_with_a_4xx(tmp_path: Path, plugin_gateway: GatewayFactory) -> None:
+    env = install(tmp_path, {"slow": SLOW})
+    gw = plugin_gateway(["slow"], config={"plugins": {"timeouts": {"slow": 0.3}}}, env=env)
+    result = gw.send("app@shop.test", ["ann@example.test"])
+    assert result.refused == {
+        "ann@example.test": "451 4.3.0 Policy check timed out; try again later"
+    }
+    assert gw.wait_event("plugin_error", plugin="slow")["kind"] == "timeout"
+
+
+def test_order_decides_which_plugin_answers_first_and_tracing_shows_calls(
+    tmp_path: Path, plugin_gateway: GatewayFactory
+) -> None:
+    env = install(tmp_path, {"says_a": SAYS_A, "says_b": SAYS_B})
+    env["GATEWAY_TRACE_HOOKS"] = "1"
+    gw = plugin_gateway(["says_a", "says_b"], config={"plugins": {"order": ["says_b"]}}, env=env)
+    result = gw.send("app@shop.test", ["ann@example.test"])
+    assert result.refused == {"ann@example.test": "550 5.7.1 said by b"}
+    traced = gw.wait_event("hook_call", hook="smtp_rcpt_to")
+    assert traced["plugin"] == "says_b"
+    assert traced["result"].startswith("Decision(action='reject'")
+
+
+def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_plugin_settings_and_names_are_checked(tmp_path: Path) -> None:
+    conf = tmp_path / "g.toml"
+    conf.write_text('[plugin.suppression]\nexpire = {complaint = "soon"}\n')
+    out = check_config(conf)
+    assert out.returncode == 2
+    assert "plugin.suppression.expire.complaint" in out.stderr
+    conf.write_text('[plugins]\nenabled = ["nonesuch"]\n')
+    out = check_config(conf)
+    assert out.returncode == 2
+    assert "not installed: nonesuch" in out.stderr
+    conf.write_text('[plugins]\ndisabled = ["consent"]\n[plugin.consent]\nmax_age = 1\n')
+    assert "no such plugin is enabled" in check_config(conf).stderr
+    conf.write_text("[plugins]\n")
+    ok = check_config(conf)
+    assert ok.returncode == 0, ok.stderr
+    assert "bounce_classes, consent, rotation, suppression, unsubscribe, warmup" in ok.stdout
