@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.config import parse_hostport
 from gateway.testing.net import free_port, wait_for_port
 from gateway.testing.service import Service
 
@@ -75,6 +76,7 @@ class GatewayProcess(Service):
             },
             config,
         )
+        self.http_port = parse_hostport(self.config["http"]["listen"], 8025)[1]
         self.config_path = workdir / "gateway.toml"
         self.log_path = workdir / "gateway.log"
         self._proc: subprocess.Popen[bytes] | None = None

@@ -26,7 +26,7 @@ from gateway.testing.client import SendResult, send_message
 from gateway.testing.dns import DnsServer
 from gateway.testing.net import free_port
 from gateway.testing.process import GatewayProcess
-from gateway.testing.receiver import Receiver
+from gateway.testing.receiver import RcptPolicy, Receiver
 
 MX_ADDRESS = "127.0.0.200"
 ZONE = ["* MX 10 mx", f"mx A {MX_ADDRESS}"]
@@ -77,7 +77,9 @@ def plugin_gateway(
     tmp_path: Path, plugin_dns: DnsServer, plugin_mx_port: int
 ) -> Iterator[Callable[..., PluginGateway]]:
     """A factory: plugin_gateway(plugins, settings=None, config=None, env=None,
-    zone=None). `zone` adds records (e.g. DKIM TXT) to a DNS server of its own."""
+    zone=None, rcpt_policy=None). `zone` adds records (e.g. DKIM TXT) to a DNS
+    server of its own; `rcpt_policy(address, n)` lets the MX refuse recipients
+    (return a reply like "550 5.1.1 No such user", or None to accept)."""
     running: list[tuple[GatewayProcess, Receiver]] = []
     servers: list[DnsServer] = []
 
@@ -87,6 +89,7 @@ def plugin_gateway(
         config: dict[str, dict[str, Any]] | None = None,
         env: dict[str, str] | None = None,
         zone: list[str] | None = None,
+        rcpt_policy: RcptPolicy | None = None,
     ) -> PluginGateway:
         dns = plugin_dns
         if zone:
@@ -101,7 +104,7 @@ def plugin_gateway(
         }
         for section, values in (config or {}).items():
             base[section] = {**base.get(section, {}), **values}
-        mx = Receiver(MX_ADDRESS, plugin_mx_port).start()
+        mx = Receiver(MX_ADDRESS, plugin_mx_port, rcpt_policy=rcpt_policy).start()
         process = GatewayProcess(tmp_path / f"gateway{len(running)}", base, env=env)
         running.append((process, mx))
         process.start()
