@@ -45,7 +45,7 @@ class ConsentSettings(PluginSettings):
     marketing_streams: list[str] = ["marketing", "newsletter", "bulk"]
     # Stream by sender address or sender domain, so RCPT can decide.
     sender_streams: dict[str, str] = {}
-    # Only confirmed double opt-in counts.
+    # Only confirmed double opt-in counts (not single opt-in, not imported).
     require_confirmation: bool = False
     # Consent older than this ("730d") no longer counts (absent: no limit).
     max_age: Duration | None = None
@@ -78,7 +78,9 @@ class Consent:
             record = self.store.get(NAMESPACE, key(list_id, recipient))
             if record is None or record.get("withdrawn_at"):
                 continue
-            if self.settings.require_confirmation and not record.get("confirmed_at"):
+            if not record.get("confirmed_at"):
+                continue  # a double opt-in sign-up not confirmed (yet)
+            if self.settings.require_confirmation and record.get("method") != "double-opt-in":
                 continue
             at = record.get("confirmed_at") or record.get("recorded_at") or 0
             if self.settings.max_age and at < time.time() - self.settings.max_age:

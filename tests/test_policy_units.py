@@ -1,0 +1,141 @@
+"""The pieces of the built-in policies that need no network: bounce classes of
+real provider replies, the policy store, consent rules, unsubscribe tokens,
+warm-up verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from gateway_policies import bounce_classes, unsubscribe, warmup
+from gateway_policies.consent import Consent, ConsentSettings
+
+from gateway.store.sqlite import SqliteStore
+
+RULES = bounce_classes.load_rules(bounce_classes.SHIPPED_RULES)
+
+
+# status | expected class | the reply, as providers send it
+REPLIES = """
+5.1.1  | invalid-recipient | 550 5.1.1 The email account that you tried to reach does not exist.
+5.0.0  | invalid-recipient | 550 5.0.0 <x@y>: Recipient address rejected: User unknown in local
+5.2.2  | mailbox-full      | 552 5.2.2 The email account that you tried to reach is over quota.
+4.7.28 | rate-limit        | 421 4.7.28 Our system has detected an unusual rate of unsolicited mail
+4.7.0  | rate-limit        | 421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred
+5.7.1  | blocklist         | 550 5.7.1 Client host [192.0.2.1] blocked using Spamhaus
+5.7.26 | auth-failure      | 550 5.7.26 Unauthenticated email is not accepted due to DMARC policy
+5.7.1  | spam-block        | 554 5.7.1 Message rejected as spam by Content Filtering
+5.7.1  | policy-block      | 550 5.7.1 Delivery not authorized
+5.1.10 | invalid-recipient | 550 5.1.10 RESOLVER.ADR.RecipientNotFound; not found by SMTP lookup
+5.1.10 | bad-domain        | 556 5.1.10 Recipient address has null MX
+4.4.7  | expired           | delivery time expired
+4.4.1  | transient         | connect to 192.0.2.1:25 failed: timeout
+5.3.4  | content           | 552 5.3.4 Message size exceeds fixed limit
+5.5.1  | protocol          | 503 5.5.1 Bad sequence of commands
+"""
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "reply"),
+    [tuple(f.strip() for f in line.split("|")) for line in REPLIES.strip().splitlines()],
+)
+def test_bounce_classes_of_real_replies(status: str, expected: str, reply: str) -> None:
+    assert bounce_classes.classify(status, reply, RULES) == expected
+
+
+def test_the_store_is_durable_reads_its_writes_and_sees_other_processes(tmp_path: Path) -> None:
+    path = tmp_path / "policy.sqlite3"
+    store = SqliteStore(path)
+
+    async def writes() -> None:
+        await store.put("ns", "a", {"n": 1})
+        await store.put("ns", "gone", {"n": 2}, expires_at=time.time() - 1)
+        await store.put_many("ns", [("b", {"n": 3}, None), ("c", {"n": 4}, None)])
+        assert await store.delete("ns", "c")
+        assert not await store.delete("ns", "c")
+
+    asyncio.run(writes())
+    assert store.get("ns", "a") == {"n": 1}
+    assert store.get("ns", "gone") is None  # expired
+    assert sorted(k for k, _ in store.scan("ns")) == ["a", "b"]
+    # Another process commits: the memory copy catches up within a second.
+    with sqlite3.connect(path) as other:
+        other.execute("INSERT INTO records VALUES ('ns', 'd', '{\"n\": 5}', NULL)")
+    store._checked = 0.0  # as if a second had passed
+    assert store.get("ns", "d") == {"n": 5}
+    store.close()
+    reopened = SqliteStore(path)
+    assert reopened.get("ns", "b") == {"n": 3}
+    reopened.close()
+
+
+def test_consent_rules(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "p.sqlite3")
+    consent = Consent()
+    consent.store = store
+
+    async def record() -> None:
+        base = {"list": "shop.test", "source": "203.0.113.9"}
+        await consent.record({**base, "recipient": "ann@x.test", "method": "double-opt-in"}, False)
+        await consent.record({**base, "recipient": "bob@x.test", "method": "imported"}, False)
+        with pytest.raises(ValueError, match="method"):
+            await consent.record({**base, "recipient": "c@x.test", "method": "guessed"}, False)
+        with pytest.raises(LookupError):
+            await consent.record({**base, "recipient": "nobody@x.test"}, True)
+
+    asyncio.run(record())
+    # A double opt-in counts once confirmed, and not before.
+    assert not consent.valid("ann@x.test", ["shop.test"])
+    assert consent.valid("bob@x.test", ["shop.test"])
+    asyncio.run(consent.record({"recipient": "ann@x.test", "list": "shop.test"}, True))
+    assert consent.valid("ann@x.test", ["shop.test"])
+    consent.settings = ConsentSettings(require_confirmation=True)
+    assert consent.valid("ann@x.test", ["shop.test"])
+    assert not consent.valid("bob@x.test", ["shop.test"])  # imported: not double opt-in
+    consent.settings = ConsentSettings()
+    consent.settings = ConsentSettings(max_age=1.0)
+    store._memory["consent"]["shop.test|bob@x.test"][0]["confirmed_at"] = time.time() - 5
+    assert not consent.valid("bob@x.test", ["shop.test"])
+    store.close()
+
+
+def test_unsubscribe_tokens_resist_tampering_and_age() -> None:
+    now = time.time()
+    token = unsubscribe.make_token("k" * 20, "ann@x.test", "news", "shop.test", now)
+    fields = unsubscribe.read_token("k" * 20, token, 3600, now)
+    assert fields is not None
+    assert (fields["r"], fields["l"], fields["d"]) == ("ann@x.test", "news", "shop.test")
+    assert unsubscribe.read_token("other-secret-1234", token, 3600, now) is None
+    mac = token.partition(".")[2]
+    swapped = unsubscribe.make_token("x" * 20, "bob@x.test", "news", "shop.test", now)
+    assert (
+        unsubscribe.read_token("k" * 20, swapped.partition(".")[0] + "." + mac, 3600, now) is None
+    )
+    assert unsubscribe.read_token("k" * 20, token, 3600, now + 7200) is None  # too old
+    assert unsubscribe.read_token("k" * 20, "garbage", 3600, now) is None
+
+
+def test_warmup_moves_forward_only_on_clean_used_days() -> None:
+    plugin = warmup.Warmup()
+    plugin.settings = warmup.WarmupSettings(sources=["a"], schedule=[100, 200, 400])
+
+    class NoStore:
+        def get(self, namespace: str, key: str) -> None:
+            return None
+
+    plugin.store = NoStore()  # type: ignore[assignment]
+    day = "2026-11-22"
+
+    def verdict(sent: int, deferred: int = 0, complaints: int = 0) -> str:
+        plugin.stats[f"{day}|a"] = {"sent": sent, "deferred": deferred, "complaints": complaints}
+        return plugin.judge("a", day)
+
+    assert verdict(sent=80) == "forward"
+    assert verdict(sent=10) == "hold"  # too little use of a 100 cap
+    assert verdict(sent=90, deferred=12) == "hold"  # 11.8% deferred
+    assert verdict(sent=80, deferred=30) == "back"  # 27% deferred
+    assert verdict(sent=1000, complaints=4) == "hold"  # 0.4% complaints
+    assert verdict(sent=1000, complaints=7) == "back"
