@@ -13,9 +13,10 @@ from pathlib import Path
 from gateway.testing.pytest_plugin import PluginGateway
 
 
-def install(tmp_path: Path, plugins: dict[str, str]) -> dict[str, str]:
-    """Write each plugin module with a dist-info that registers its entry point;
-    the environment that makes a gateway process find them."""
+def install(tmp_path: Path, plugins: dict[str, str], attr: str = "") -> dict[str, str]:
+    """Write each plugin module with a dist-info that registers its entry point
+    (the module, or its `attr`); the environment that makes a gateway process
+    find them."""
     site = tmp_path / "site"
     dist = site / "test_plugins-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -23,7 +24,7 @@ def install(tmp_path: Path, plugins: dict[str, str]) -> dict[str, str]:
     lines = ["[gateway]"]
     for name, source in plugins.items():
         (site / f"{name}.py").write_text(textwrap.dedent(source))
-        lines.append(f"{name} = {name}")
+        lines.append(f"{name} = {name}" + (f":{attr}" if attr else ""))
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return {"PYTHONPATH": str(site)}
 
@@ -143,3 +144,26 @@ def test_plugin_settings_and_names_are_checked(tmp_path: Path) -> None:
     ok = check_config(conf)
     assert ok.returncode == 0, ok.stderr
     assert "bounce_classes, consent, rotation, suppression, unsubscribe, warmup" in ok.stdout
+
+
+DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
+
+
+def test_the_docs_describe_every_hook_and_their_worked_example_runs(
+    tmp_path: Path, plugin_gateway: GatewayFactory
+) -> None:
+    import re
+
+    from gateway.hookspecs import hook_names
+
+    doc = DOCS.read_text()
+    assert [h for h in hook_names() if f"`{h}(" not in doc] == []
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    example, example_test = blocks[0], blocks[1]
+    assert len(example.strip().splitlines()) <= 30
+    env = install(tmp_path, {"role_guard": example}, attr="plugin")
+    namespace: dict[str, object] = {}
+    exec(example_test, namespace)
+    test = namespace["test_role_guard_refuses_abuse"]
+    assert callable(test)
+    test(lambda plugins, **kw: plugin_gateway(plugins, env=env, **kw))
