@@ -4,12 +4,18 @@ exceptions, tracing and settings errors."""
 
 from __future__ import annotations
 
+import os
+import re
+import smtplib
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from gateway.hookspecs import hook_names
 from gateway.testing.pytest_plugin import PluginGateway
 
 
@@ -117,8 +123,6 @@ def test_order_decides_which_plugin_answers_first_and_tracing_shows_calls(
 
 
 def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", str(path)],
         capture_output=True,
@@ -152,10 +156,6 @@ DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
 def test_the_docs_describe_every_hook_and_their_worked_example_runs(
     tmp_path: Path, plugin_gateway: GatewayFactory
 ) -> None:
-    import re
-
-    from gateway.hookspecs import hook_names
-
     doc = DOCS.read_text()
     assert [h for h in hook_names() if f"`{h}(" not in doc] == []
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
@@ -167,3 +167,29 @@ def test_the_docs_describe_every_hook_and_their_worked_example_runs(
     test = namespace["test_role_guard_refuses_abuse"]
     assert callable(test)
     test(lambda plugins, **kw: plugin_gateway(plugins, env=env, **kw))
+
+
+GATEKEEPER = """
+    from gateway import Decision, hookimpl
+
+    @hookimpl
+    def smtp_connect(session):
+        if session.client_ip == "127.0.0.66":
+            return Decision.reject("No service for you", code=554, status="5.7.1")
+
+    @hookimpl
+    def smtp_mail_from(envelope):
+        if envelope.sender.startswith("spammer@"):
+            return Decision.reject("Sender refused by policy", code=550, status="5.7.1")
+"""
+
+
+def test_connect_and_mail_from_decisions(tmp_path: Path, plugin_gateway: GatewayFactory) -> None:
+    gw = plugin_gateway(["gatekeeper"], env=install(tmp_path, {"gatekeeper": GATEKEEPER}))
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", gw.port, source_address=("127.0.0.66", 0), timeout=10)
+    assert refused.value.smtp_code == 554
+    assert b"5.7.1 No service for you" in refused.value.smtp_error
+    result = gw.send("spammer@shop.test", ["ann@example.test"])
+    assert result.refused == {"ann@example.test": "550 5.7.1 Sender refused by policy"}
+    assert gw.send("app@shop.test", ["ann@example.test"]).qid
