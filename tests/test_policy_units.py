@@ -139,3 +139,28 @@ def test_warmup_moves_forward_only_on_clean_used_days() -> None:
     assert verdict(sent=80, deferred=30) == "back"  # 27% deferred
     assert verdict(sent=1000, complaints=4) == "hold"  # 0.4% complaints
     assert verdict(sent=1000, complaints=7) == "back"
+
+
+def test_complaints_suppress_per_sender_domain_and_users_tell_the_stream(tmp_path: Path) -> None:
+    from gateway_policies.suppression import Suppression
+
+    from gateway import EnvelopeInfo, SessionInfo
+
+    suppression = Suppression()
+    suppression.store = SqliteStore(tmp_path / "p.sqlite3")
+    asyncio.run(suppression.feedback_complaint("ann@x.test", "shop.test", "06H0QID"))
+    entry = suppression.lookup("ann@x.test", "shop.test")
+    assert entry is not None
+    assert (entry["reason"], entry["source"]) == ("complaint", "complaint 06H0QID")
+    assert suppression.lookup("ann@x.test", "other.test") is None
+    suppression.store.close()
+
+    consent = Consent()
+    consent.settings = ConsentSettings(
+        sender_streams={"shop.test": "transactional"}, user_streams={"newsletter-app": "marketing"}
+    )
+    envelope = EnvelopeInfo(sender="app@shop.test")
+    assert consent.stream_of_sender(SessionInfo("127.0.0.1"), envelope) == "transactional"
+    assert consent.stream_of_sender(SessionInfo("127.0.0.1", user="newsletter-app"), envelope) == (
+        "marketing"
+    )

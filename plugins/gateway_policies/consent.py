@@ -32,6 +32,7 @@ from gateway import (
     PluginContext,
     PluginSettings,
     PolicyStore,
+    SessionInfo,
     hookimpl,
 )
 
@@ -45,6 +46,8 @@ class ConsentSettings(PluginSettings):
     marketing_streams: list[str] = ["marketing", "newsletter", "bulk"]
     # Stream by sender address or sender domain, so RCPT can decide.
     sender_streams: dict[str, str] = {}
+    # Stream by authenticated SMTP user (AUTH arrives with issue 8), over the above.
+    user_streams: dict[str, str] = {}
     # Only confirmed double opt-in counts (not single opt-in, not imported).
     require_confirmation: bool = False
     # Consent older than this ("730d") no longer counts (absent: no limit).
@@ -88,21 +91,28 @@ class Consent:
             return True
         return False
 
-    def stream_of_sender(self, envelope: EnvelopeInfo) -> str:
+    def stream_of_sender(self, session: SessionInfo, envelope: EnvelopeInfo) -> str:
+        """The stream as known at RCPT: by authenticated user, else by sender."""
+        if session.user and session.user in self.settings.user_streams:
+            return self.settings.user_streams[session.user]
         streams = self.settings.sender_streams
         return streams.get(envelope.sender.lower()) or streams.get(envelope.sender_domain, "")
 
     @hookimpl
-    def smtp_rcpt_to(self, envelope: EnvelopeInfo, recipient: str) -> Decision | None:
-        if self.stream_of_sender(envelope) not in self.settings.marketing_streams:
+    def smtp_rcpt_to(
+        self, session: SessionInfo, envelope: EnvelopeInfo, recipient: str
+    ) -> Decision | None:
+        if self.stream_of_sender(session, envelope) not in self.settings.marketing_streams:
             return None
         if self.valid(recipient, [envelope.sender_domain]):
             return None
         return Decision.reject("No consent on record for marketing mail to this recipient")
 
     @hookimpl
-    def smtp_data(self, envelope: EnvelopeInfo, message: MessageInfo) -> Decision | None:
-        if self.stream_of_sender(envelope):
+    def smtp_data(
+        self, session: SessionInfo, envelope: EnvelopeInfo, message: MessageInfo
+    ) -> Decision | None:
+        if self.stream_of_sender(session, envelope):
             return None  # decided per recipient at RCPT
         if envelope.stream not in self.settings.marketing_streams:
             return None

@@ -5,7 +5,8 @@ One global list and one list per sender domain. An entry has a reason
 expire (per reason). Recipients on a list are refused at RCPT with
 550 5.7.1, so the client learns at once and the others of the transaction
 go on. Hard bounces (classes in `hard_classes`, permanent failures only) add
-global entries; unsubscribes add entries for their sender domain.
+global entries; complaints and unsubscribes add entries for their sender
+domain.
 
 CSV import and export, also while the gateway runs:
 
@@ -101,6 +102,10 @@ class Suppression:
         if delivery.kind == "bounced" and delivery.bounce_class in self.settings.hard_classes:
             source = f"bounce {delivery.qid}: {delivery.reply[:200]}"
             await self.add(delivery.recipient, GLOBAL, "hard-bounce", source)
+
+    @hookimpl
+    async def feedback_complaint(self, recipient: str, sender_domain: str, qid: str) -> None:
+        await self.add(recipient, sender_domain or GLOBAL, "complaint", f"complaint {qid}")
 
     @hookimpl
     async def feedback_unsubscribe(
