@@ -108,9 +108,12 @@ def run_gateway(
 ) -> dict[str, float]:
     zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
     with DnsServer(zone) as dns:
-        # Postfix has no per-site rate limit; lift the gateway's shipped 100/s for the sink.
+        # Postfix has no per-site rate limits; lift the gateway's shipped 100/s
+        # messages and 60/m connections for the sink.
         rules = workdir / "shaping.toml"
-        rules.write_text('[domain."sink.bench"]\nmessage_rate = "1000000/s"\n')
+        rules.write_text(
+            '[domain."sink.bench"]\nmessage_rate = "1000000/s"\nconnection_rate = "1000000/s"\n'
+        )
         config: dict[str, dict[str, Any]] = {
             "dns": {"nameservers": [dns.address], "port": dns.port},
             "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
