@@ -133,6 +133,8 @@ class DeliveryConfig(_Section):
     max_connections: int = Field(default=200, ge=1)
     max_connections_per_destination: int = Field(default=10, ge=1)
     max_messages_per_connection: int = Field(default=100, ge=1)
+    # An idle connection waits this long for more mail to its site before QUIT.
+    idle_timeout: Duration = 1.0
     starttls: Literal["opportunistic", "disabled"] = "opportunistic"
     shaping_files: list[Path] = []
     timeouts: DeliveryTimeouts = DeliveryTimeouts()

@@ -98,6 +98,7 @@ class DeliveryEngine:
         # (site, pool) -> due jobs; a session of a pool's source takes from its queue.
         self._ready: dict[tuple[str, str], deque[Job]] = defaultdict(deque)
         self._routes: dict[tuple[str, ...], str] = {}  # delivery_route answers, cached
+        self._arrivals: dict[tuple[str, str], asyncio.Event] = {}  # for idle sessions
         self.holds = Holds()  # suspensions, by operators and automation
         self._automation = ReplyAutomation(self.holds)
         self._message_rates: dict[Lane, RateLimiter] = {}
@@ -180,6 +181,9 @@ class DeliveryEngine:
                 continue
             job.pool = self._route_pool(job, site)
             self._ready[(site, job.pool)].append(job)
+            arrived = self._arrivals.get((site, job.pool))
+            if arrived is not None:
+                arrived.set()
 
     def _route_pool(self, job: Job, site: str) -> str:
         """The egress pool for a job: a plugin's delivery_route, else the default."""
@@ -342,7 +346,7 @@ class DeliveryEngine:
     def _park_held_labels(self) -> None:
         """Move ready jobs of held tenants or campaigns back to the scheduler."""
         now = time.time()
-        for (site, pool), queue in self._ready.items():
+        for (site, _), queue in self._ready.items():
             keep: deque[Job] = deque()
             for job in queue:
                 hold = self._label_hold(site, job, now) if job.tenant or job.campaign else None
@@ -350,7 +354,8 @@ class DeliveryEngine:
                     self._scheduler.add(job, hold.until)
                 else:
                     keep.append(job)
-            self._ready[(site, pool)] = keep
+            queue.clear()  # in place: sessions hold this deque
+            queue.extend(keep)
 
     # -- admin primitives (issue 7 builds the API on them) ----------------------
 
@@ -477,6 +482,8 @@ class DeliveryEngine:
         """Start no new sessions; give running ones `grace` seconds, then cancel."""
         self._stopping = True
         self._wake.set()
+        for arrived in self._arrivals.values():
+            arrived.set()  # idle connections: QUIT now
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -526,7 +533,11 @@ class DeliveryEngine:
         sent = 0
         queue = self._ready[(site, pool)]
         try:
-            while queue and not conn.broken and not self._stopping and sent < per_connection:
+            while not conn.broken and not self._stopping and sent < per_connection:
+                if not queue:
+                    if await self._more_mail(site, pool):
+                        continue
+                    break
                 now = time.time()
                 if self.holds.find(now, site=site, provider=rules.provider, source=source.name):
                     break  # suspended while this connection was open
@@ -551,6 +562,20 @@ class DeliveryEngine:
                 sent += 1
         finally:
             await conn.quit()
+
+    async def _more_mail(self, site: str, pool: str) -> bool:
+        """Keep an idle connection open a moment for more mail to its site (as
+        Postfix's connection cache does): True if some arrived in time."""
+        idle = self._config.delivery.idle_timeout
+        if idle <= 0:
+            return False
+        arrived = self._arrivals.setdefault((site, pool), asyncio.Event())
+        arrived.clear()
+        try:
+            await asyncio.wait_for(arrived.wait(), idle)
+        except TimeoutError:
+            return False
+        return True
 
     async def _connect(
         self, site: str, source: Source, rules: Resolved
