@@ -11,7 +11,8 @@ from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
 from gateway.dkim import KeyStore
-from gateway.http import HttpServer
+from gateway.feedback.processor import FeedbackLoop
+from gateway.http import HttpServer, metrics_page
 from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
 from gateway.log import event
 from gateway.pipeline import MessagePipeline
@@ -31,10 +32,21 @@ class Gateway:
         self.store = open_store(str(config.store_path))
         self.http = HttpServer(config.http.listen)
         self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
+        self.feedback = FeedbackLoop(
+            config.feedback, config.node.hostname, self.store, self.plugins, self.engine
+        )
+        self.plugins.register_internal(self.feedback, "core.feedback")
+        self.engine.envelope_sender = self.feedback.envelope_sender
         self.keys = KeyStore(config.dkim)
         self.pipeline = MessagePipeline(config, self.keys)
+        feedback_on = bool(config.feedback.bounce_domain or config.feedback.fbl_addresses)
         self.handler = IngressHandler(
-            config, self.spool, self.engine.submit, self.pipeline, self.plugins
+            config,
+            self.spool,
+            self.engine.submit,
+            self.pipeline,
+            self.plugins,
+            self.feedback if feedback_on else None,
         )
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
@@ -54,7 +66,9 @@ class Gateway:
 
     async def start(self) -> None:
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
+        self.http.add("GET", "/metrics", metrics_page)
         await self.http.start()
+        self.feedback.sent.start()
         recovered = 0
         for message in self.spool.recover():
             if message.done:
@@ -111,6 +125,7 @@ class Gateway:
         delivery.cancel()
         watcher.cancel()
         await asyncio.gather(delivery, watcher, return_exceptions=True)
+        await self.feedback.sent.stop()
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()
         self.pipeline.close()

@@ -278,6 +278,35 @@ class LogConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class FeedbackConfig(_Section):
+    """Where bounces and complaints come back, and what they do."""
+
+    # Mail to this domain is accepted from anyone (it is ours, not relaying)
+    # and read as bounces: e.g. "bounces.example.com", with its MX pointing here.
+    bounce_domain: str = ""
+    # Addresses whose mail is read as ARF complaint reports (feedback loops).
+    fbl_addresses: list[str] = []
+    # Envelope sender per recipient b+TOKEN@bounce_domain (needs bounce_domain).
+    verp: bool = False
+    # HMAC key of VERP tokens and X-Gateway-Id headers; "" derives one from the host.
+    secret: str = ""
+    # How long sent messages are remembered for matching late bounces and complaints.
+    remember: Duration = 30 * 86400.0
+    # Complaint-rate throttling, per sender domain and per source IP, toward a provider.
+    complaint_window: Duration = 86400.0
+    complaint_warn: float = Field(default=0.001, ge=0.0, le=1.0)
+    complaint_limit: float = Field(default=0.003, ge=0.0, le=1.0)
+    complaint_min_delivered: int = Field(default=1000, ge=1)
+    # How much a stream past the warning threshold is slowed (its rate times this).
+    complaint_slow_factor: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _verp_needs_domain(self) -> FeedbackConfig:
+        if self.verp and not self.bounce_domain:
+            raise ValueError("verp needs bounce_domain")
+        return self
+
+
 class PluginsConfig(_Section):
     """Which plugins run, in what order, and how long one may take."""
 
@@ -317,6 +346,7 @@ class Config(_Section):
     message: MessageConfig = MessageConfig()
     dkim: DkimConfig = DkimConfig()
     log: LogConfig = LogConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     plugins: PluginsConfig = PluginsConfig()
     # One table per plugin, checked against the plugin's own Settings model.
     plugin: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,5 @@
-"""The HTTP listener for plugin endpoints (aiohttp): one-click unsubscribe,
-consent recording; the admin API of issue 7 will join it.
+"""The HTTP listener (aiohttp): plugin endpoints (one-click unsubscribe,
+consent recording) and /metrics; the admin API of issue 7 will join it.
 
 aiohttp rather than a hand-written server: a maintained HTTP/1.1
 implementation with request size limits, keep-alive and graceful shutdown.
@@ -9,6 +9,7 @@ Plugins add routes in `gateway_startup`; the listener starts after that.
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import parse_hostport
 from gateway.log import event
@@ -39,3 +40,10 @@ class HttpServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus exposition of the gateway's metrics (issue 7 adds the rest)."""
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

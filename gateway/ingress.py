@@ -19,6 +19,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config
+from gateway.feedback.processor import FeedbackLoop
 from gateway.log import event
 from gateway.metrics import POLICY_REFUSALS
 from gateway.pipeline import MessagePipeline, Prepared
@@ -55,6 +56,7 @@ class GatewayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.rejected_rcpts = 0
+        self.feedback: bool | None = None  # a transaction of reports to us, once known
 
 
 class GatewaySMTP(SMTP):
@@ -168,9 +170,11 @@ class IngressHandler:
         submit: Callable[[SpooledMessage], None],
         pipeline: MessagePipeline,
         plugins: PluginHost | None = None,
+        feedback: FeedbackLoop | None = None,
     ) -> None:
         self._config = config
         self._plugins = plugins or PluginHost(config, plugins={})
+        self._feedback = feedback
         self._spool = spool
         self._pipeline = pipeline
         self._submit = submit
@@ -245,6 +249,15 @@ class IngressHandler:
     ) -> str:
         assert isinstance(envelope, GatewayEnvelope)
         ip = _peer_ip(session)
+        if self._feedback and self._feedback.accepts(address):
+            # Bounces and complaints to us: taken from anyone, never relayed.
+            if envelope.feedback is False:
+                return "452 4.5.3 Send reports to us in a transaction of their own"
+            envelope.feedback = True
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
+        if envelope.feedback:
+            return "452 4.5.3 Send reports to us in a transaction of their own"
         if not self.relay_allowed(ip):
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason="relay_denied", client=ip, rcpt=address)
@@ -266,6 +279,7 @@ class IngressHandler:
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason=refusal, client=ip, rcpt=address)
             return refusal
+        envelope.feedback = False
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"
@@ -279,6 +293,12 @@ class IngressHandler:
 
     async def _queue(self, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
+        if isinstance(envelope, GatewayEnvelope) and envelope.feedback and self._feedback:
+            try:
+                return await self._feedback.receive(list(envelope.rcpt_tos), raw)
+            except Exception:
+                event("feedback_error", logging.ERROR, exc=True, client=_peer_ip(session))
+                return "451 4.3.0 Could not process the report; try again later"
         qid = self._spool.new_qid()
         ip = _peer_ip(session)
         helo = session.host_name or ""
@@ -353,7 +373,7 @@ class IngressHandler:
         )
         if refusal:
             return refusal
-        added: list[tuple[str, str]] = []
+        added: list[tuple[str, str]] = [self._feedback.id_header(qid)] if self._feedback else []
         for fields in await self._plugins.all("message_headers", envelope=info, message=message):
             added += [(str(name), str(value)) for name, value in fields]
         await self._pipeline.sign(prepared, qid, added)

@@ -5,7 +5,7 @@ Defined here, in one place, so every module counts into the same registry.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LINT_FINDINGS = Counter(
     "gateway_message_lint_findings_total",
@@ -46,4 +46,24 @@ BOUNCE_CLASSES = Counter(
     "gateway_delivery_failures_total",
     "Failed delivery attempts by bounce class and kind (deferred, bounced, expired).",
     ["bounce_class", "kind"],
+)
+COMPLAINTS = Counter(
+    "gateway_complaints_total",
+    "Complaints (ARF reports) matched to a sent message.",
+    ["sender_domain", "tenant", "source", "provider"],
+)
+COMPLAINT_RATE = Gauge(
+    "gateway_complaint_rate",
+    "Complaints / delivered over feedback.complaint_window, per sender domain or source.",
+    ["kind", "name", "provider"],
+)
+COMPLAINT_THROTTLE = Gauge(
+    "gateway_complaint_throttle",
+    "Complaint throttling of a stream toward a provider: 0 normal, 1 slowed, 2 suspended.",
+    ["kind", "name", "provider"],
+)
+FEEDBACK_REPORTS = Counter(
+    "gateway_feedback_reports_total",
+    "Inbound reports, by kind (bounce, complaint) and outcome (matched, unmatched, unreadable).",
+    ["kind", "outcome"],
 )

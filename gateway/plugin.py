@@ -152,6 +152,7 @@ class Delivery:
     tenant: str = ""
     campaign: str = ""
     stream: str = ""
+    index: int = -1  # the recipient's position in the message's envelope
 
     @property
     def sender_domain(self) -> str:

@@ -70,6 +70,10 @@ class PluginHost:
             raise ConfigError(f"[plugin.{stray[0]}]: no such plugin is enabled")
         self._trace = os.environ.get(TRACE_ENV, "") not in ("", "0")
 
+    def register_internal(self, plugin: object, name: str) -> None:
+        """A part of the gateway itself that listens to hooks (not configurable)."""
+        self.pm.register(plugin, name=name)
+
     @staticmethod
     def _settings(name: str, plugin: Any, config: Config) -> Any:
         model = getattr(plugin, "Settings", None)

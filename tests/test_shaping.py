@@ -93,13 +93,18 @@ def test_automation_lowers_rate_and_connections_and_recovers_step_by_step() -> N
         None,
         "reduce-rate",
     ]
-    assert auto.lane_rate_factor(site, "ip1", t0) == 0.5
-    assert auto.lane_rate_factor(site, "ip2", t0) == 1.0  # another IP keeps its rate
+    assert auto.lane_rate_factor({"site": site, "source": "ip1"}, t0) == 0.5
+    assert (
+        auto.lane_rate_factor({"site": site, "source": "ip2"}, t0) == 1.0
+    )  # another IP keeps its rate
     assert auto.on_reply(rules, ctx, "451 4.7.652 exceeded the maximum connections", t0)
-    assert auto.lane_connection_factor(site, "ip2", t0) == 0.5  # site-wide
+    assert auto.lane_connection_factor({"site": site, "source": "ip2"}, t0) == 0.5  # site-wide
     assert auto.on_reply(rules, ctx, "250 2.0.0 OK", t0) is None
     hour = 3600.0  # the 4.7.652 rule's duration: its clean period
-    assert [auto.lane_connection_factor(site, "ip1", t0 + k * hour) for k in (0.5, 1, 2)] == [
+    assert [
+        auto.lane_connection_factor({"site": site, "source": "ip1"}, t0 + k * hour)
+        for k in (0.5, 1, 2)
+    ] == [
         0.5,
         0.75,
         1.0,
@@ -130,7 +135,9 @@ def test_automation_scoped_to_tenant_and_campaign(tmp_path: Path) -> None:
     assert holds.find(now, site="mx.x.test", tenant="other") is None
     assert holds.find(now, site="mx.x.test") is None  # the site is not held
     assert auto.on_reply(rules, ctx, "452 4.2.2 mailbox full", now) == "reduce-rate"
-    tenant, campaign = auto.label_rate_factors("mx.x.test", "shop", "nov")
+    tenant, campaign = auto.label_rate_factors(
+        {"site": "mx.x.test", "tenant": "shop", "campaign": "nov"}
+    )
     assert campaign.campaign == "nov"
     assert auto.rate_factors[campaign].value(now) == 0.25
     # The tenant's suspension ends gradually: at half its rate when it lifts.

@@ -103,23 +103,34 @@ class ReplyAutomation:
         factor.lower(rule.factor, since)
 
     @staticmethod
-    def _factor(factors: dict[Scope, AdaptiveLimit], scopes: list[Scope], now: float) -> float:
-        return min((factors[s].value(now) for s in scopes if s in factors), default=1.0)
+    def _factor(
+        factors: dict[Scope, AdaptiveLimit], context: dict[str, str | None], now: float
+    ) -> float:
+        """The lowest factor among connection scopes (no labels) that cover `context`."""
+        return min(
+            (
+                f.value(now)
+                for s, f in factors.items()
+                if not s.labels_messages and s.covers(context)
+            ),
+            default=1.0,
+        )
 
-    def lane_rate_factor(self, site: str, source: str, now: float) -> float:
-        """What the (source, site) message rate is multiplied by now."""
-        scopes = [Scope(site=site), Scope(site=site, source=source)]
-        return self._factor(self.rate_factors, scopes, now)
+    def lane_rate_factor(self, lane: dict[str, str | None], now: float) -> float:
+        """What a lane's message rate is multiplied by now (`lane`: site, provider, source)."""
+        return self._factor(self.rate_factors, lane, now)
 
-    def lane_connection_factor(self, site: str, source: str, now: float) -> float:
-        scopes = [Scope(site=site), Scope(site=site, source=source)]
-        return self._factor(self.connection_factors, scopes, now)
+    def lane_connection_factor(self, lane: dict[str, str | None], now: float) -> float:
+        return self._factor(self.connection_factors, lane, now)
 
-    def label_rate_factors(self, site: str, tenant: str, campaign: str) -> list[Scope]:
-        """Tenant or campaign scopes at `site` whose rate a rule has lowered."""
-        scopes = []
-        if tenant:
-            scopes.append(Scope(site=site, tenant=tenant))
-        if campaign:
-            scopes.append(Scope(site=site, campaign=campaign))
-        return [s for s in scopes if s in self.rate_factors]
+    def label_rate_factors(self, context: dict[str, str | None]) -> list[Scope]:
+        """Scopes on message labels (tenant, campaign, sender domain) covering
+        `context` whose rate was lowered."""
+        return [s for s in self.rate_factors if s.labels_messages and s.covers(context)]
+
+    def slow(self, scope: Scope, factor: float, clean_period: float, now: float) -> None:
+        """Lower a scope's rate by `factor`, recovering a step per clean period."""
+        limit = self.rate_factors.get(scope)
+        if limit is None:
+            limit = self.rate_factors[scope] = AdaptiveLimit(1.0, RECOVERY_STEP, clean_period)
+        limit.lower(factor, now)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ from gateway.metrics import BOUNCE_CLASSES
 from gateway.plugin import Capacity, Delivery, Destination, Route, envelope_info
 from gateway.plugin_host import PluginHost
 from gateway.scheduler import Job, RetryScheduler
-from gateway.shaping import Resolved, load_shaping
+from gateway.shaping import Resolved, load_shaping, provider_of
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage, SpoolError
 
 Kind = Literal["delivered", "bounced", "deferred"]
@@ -83,6 +83,8 @@ class DeliveryEngine:
     ) -> None:
         self._config = config
         self._plugins = plugins or PluginHost(config, plugins={})
+        # The envelope sender for (qid, recipient index) when VERP is on (set by the app).
+        self.envelope_sender: Callable[[str, int], str | None] | None = None
         self._spool = spool
         self._resolver = resolver
         self.sources = SourcePicker(config.egress, config.helo_name)
@@ -240,7 +242,7 @@ class DeliveryEngine:
                     del self._ready[(site, pool)]
                 continue
             rules = self._rules[site]
-            if self.holds.find(now, site=site, provider=rules.provider):
+            if self.holds.find(now, site=site, provider=provider_of(rules)):
                 continue
             wanted = min(len(queue), limits.max_connections_per_destination)
             while (
@@ -265,7 +267,7 @@ class DeliveryEngine:
         self._wake.set()
 
     def _connection_limit(self, lane: Lane, rules: Resolved, now: float) -> int:
-        factor = self._automation.lane_connection_factor(lane[1], lane[0], now)
+        factor = self._automation.lane_connection_factor(self._lane_context(lane), now)
         return max(1, int(rules.max_connections * factor))
 
     def _pick_source(self, site: str, rules: Resolved, now: float, pool: str = "") -> Source | None:
@@ -277,7 +279,7 @@ class DeliveryEngine:
                 lane, rules, now
             ):
                 return False
-            if self.holds.find(now, site=site, provider=rules.provider, source=source.name):
+            if self.holds.find(now, site=site, provider=provider_of(rules), source=source.name):
                 return False
             wait, cap = self.sources.cap_wait(source.name, rules.provider, now)
             if wait:
@@ -304,7 +306,7 @@ class DeliveryEngine:
         limiter = self._message_rates.get(lane)
         if limiter is None:
             limiter = self._message_rates[lane] = RateLimiter(self._rules[lane[1]].message_rate)
-        limiter.set_factor(self._automation.lane_rate_factor(lane[1], lane[0], now))
+        limiter.set_factor(self._automation.lane_rate_factor(self._lane_context(lane), now))
         return limiter
 
     def _send_wait(self, lane: Lane, rules: Resolved, now: float) -> tuple[float, str]:
@@ -315,20 +317,31 @@ class DeliveryEngine:
             return rate_wait, f"message rate {rules.message_rate}"
         return wait, cap
 
+    def _lane_context(self, lane: Lane) -> dict[str, str | None]:
+        source, site = lane
+        return {"site": site, "provider": provider_of(self._rules[site]), "source": source}
+
+    def _job_context(self, site: str, job: Job) -> dict[str, str | None]:
+        """What holds and lowered rates on message labels are matched against."""
+        message = self._messages.get(job.qid)
+        sender = message.envelope.sender if message else ""
+        return {
+            "site": site,
+            "provider": provider_of(self._rules[site]),
+            "tenant": job.tenant or None,
+            "campaign": job.campaign or None,
+            "sender_domain": sender.rpartition("@")[2].lower() or None,
+        }
+
     def _label_hold(self, site: str, job: Job, now: float) -> Hold | None:
-        """A hold or lowered rate on the job's tenant or campaign at `site`: until when."""
+        """A hold or lowered rate on the job's labels (tenant, campaign, sender
+        domain) at `site`: until when."""
         rules = self._rules[site]
-        if job.tenant or job.campaign:
-            hold = self.holds.find(
-                now,
-                site=site,
-                provider=rules.provider,
-                tenant=job.tenant or None,
-                campaign=job.campaign or None,
-            )
-            if hold and (hold.scope.tenant or hold.scope.campaign):
-                return hold
-        for scope in self._automation.label_rate_factors(site, job.tenant, job.campaign):
+        context = self._job_context(site, job)
+        hold = self.holds.find(now, **context)
+        if hold and hold.scope.labels_messages:
+            return hold
+        for scope in self._automation.label_rate_factors(context):
             limiter = self._label_rates.get(scope)
             if limiter is None:
                 limiter = self._label_rates[scope] = RateLimiter(rules.message_rate)
@@ -339,7 +352,7 @@ class DeliveryEngine:
         return None
 
     def _take_label_rates(self, site: str, job: Job, now: float) -> None:
-        for scope in self._automation.label_rate_factors(site, job.tenant, job.campaign):
+        for scope in self._automation.label_rate_factors(self._job_context(site, job)):
             if scope in self._label_rates:
                 self._label_rates[scope].try_take(now)
 
@@ -349,7 +362,7 @@ class DeliveryEngine:
         for (site, _), queue in self._ready.items():
             keep: deque[Job] = deque()
             for job in queue:
-                hold = self._label_hold(site, job, now) if job.tenant or job.campaign else None
+                hold = self._label_hold(site, job, now)
                 if hold:
                     self._scheduler.add(job, hold.until)
                 else:
@@ -362,8 +375,13 @@ class DeliveryEngine:
     def suspend(self, scope: Scope, until: float, reason: str = "suspended by an operator") -> None:
         """Send nothing that `scope` covers until `until`."""
         self.holds.add(scope, until, reason)
-        if scope.tenant or scope.campaign:
+        if scope.labels_messages:
             self._park_held_labels()
+        self._wake.set()
+
+    def slow(self, scope: Scope, factor: float, clean_period: float) -> None:
+        """Lower the rate of what `scope` covers by `factor`, recovering step by step."""
+        self._automation.slow(scope, factor, clean_period, time.time())
         self._wake.set()
 
     def resume(self, scope: Scope) -> bool:
@@ -448,12 +466,12 @@ class DeliveryEngine:
             }
             if site and rules:
                 row.update(
-                    provider=rules.provider,
+                    provider=provider_of(rules),
                     message_rate=rules.message_rate,
                     max_connections=rules.max_connections,
                 )
                 job = Job(qid, domain, [], env.tenant, env.campaign)
-                hold = self.holds.find(now, site=site, provider=rules.provider)
+                hold = self.holds.find(now, site=site, provider=provider_of(rules))
                 hold = hold or self._label_hold(site, job, now)
                 if hold:
                     row.update(held_until=hold.until, why=f"{hold.reason} ({hold.scope})")
@@ -539,7 +557,7 @@ class DeliveryEngine:
                         continue
                     break
                 now = time.time()
-                if self.holds.find(now, site=site, provider=rules.provider, source=source.name):
+                if self.holds.find(now, site=site, provider=provider_of(rules), source=source.name):
                     break  # suspended while this connection was open
                 wait, why = self._send_wait(lane, rules, now)
                 if wait > RATE_WAIT_IN_SESSION:
@@ -637,18 +655,25 @@ class DeliveryEngine:
         except OSError as exc:
             await self._fail_job(job, "deferred", "4.3.0", f"spool read failed: {exc}", "")
             return
-        try:
-            result = await conn.send(
-                env.sender,
-                [message.recipients[i].address for i in indices],
-                body,
-                smtputf8=env.smtputf8,
-                body_8bit=env.body_8bit,
-            )
-        except SmtpError as exc:
-            outcomes = [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in indices]
-        else:
-            outcomes = classify(indices, result, host.name)
+        # With VERP every recipient gets its own envelope sender, so its own transaction.
+        verp = self.envelope_sender
+        senders = {i: verp(job.qid, i) for i in indices} if verp and env.sender else {}
+        batches = [[i] for i in indices] if any(senders.values()) else [indices]
+        outcomes: list[Outcome] = []
+        for batch in batches:
+            sender = senders.get(batch[0]) or env.sender
+            try:
+                result = await conn.send(
+                    sender,
+                    [message.recipients[i].address for i in batch],
+                    body,
+                    smtputf8=env.smtputf8,
+                    body_8bit=env.body_8bit,
+                )
+            except SmtpError as exc:
+                outcomes += [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in batch]
+            else:
+                outcomes += classify(batch, result, host.name)
         await self._complete(message, job.domain, outcomes, body, conn.peer, conn.source, site)
 
     async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
@@ -731,6 +756,7 @@ class DeliveryEngine:
                     qid=env.qid,
                     sender=env.sender,
                     recipient=rcpt.address,
+                    index=o.index,
                     kind=kind,  # type: ignore[arg-type]
                     status=status,
                     reply=o.reply,

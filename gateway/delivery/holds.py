@@ -1,6 +1,7 @@
 """Suspensions: traffic that must not be sent until a time, and why.
 
-A hold has a scope: any mix of site, provider, source, tenant and campaign.
+A hold has a scope: any mix of site, provider, source, tenant, campaign and
+sender domain.
 Every field the scope sets must match; fields it leaves unset match anything.
 So `Scope(site=S)` stops a whole site, `Scope(site=S, source=A)` only egress
 source A towards it (what a per-IP deferral like Yahoo's TSS04 calls for),
@@ -13,8 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-Field = Literal["site", "provider", "source", "tenant", "campaign"]
-FIELDS: tuple[Field, ...] = ("site", "provider", "source", "tenant", "campaign")
+Field = Literal["site", "provider", "source", "tenant", "campaign", "sender_domain"]
+FIELDS: tuple[Field, ...] = ("site", "provider", "source", "tenant", "campaign", "sender_domain")
+# Fields that label messages rather than connections: holds on them send the
+# messages back to the scheduled queue instead of stopping connections.
+LABELS = ("tenant", "campaign", "sender_domain")
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,18 @@ class Scope:
     source: str | None = None
     tenant: str | None = None
     campaign: str | None = None
+    sender_domain: str | None = None
 
     def fields(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @property
+    def labels_messages(self) -> bool:
+        return any(getattr(self, name) is not None for name in LABELS)
+
+    def covers(self, context: dict[str, str | None]) -> bool:
+        """Every field this scope sets is in `context` with the same value."""
+        return all(context.get(k) == v for k, v in self.fields().items())
 
     def __str__(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.fields().items()) or "everything"
@@ -73,8 +86,6 @@ class Holds:
         for hold in self._holds.values():
             if hold.until <= now:
                 continue
-            if all(context.get(k) == v for k, v in hold.scope.fields().items()) and (
-                found is None or hold.until > found.until
-            ):
+            if hold.scope.covers(context) and (found is None or hold.until > found.until):
                 found = hold
         return found

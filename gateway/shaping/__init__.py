@@ -136,6 +136,11 @@ class Resolved:
     automation: list[Automation] = field(default_factory=list)
 
 
+def provider_of(rules: Resolved) -> str:
+    """The provider name holds and caps use: "other" for sites of no named provider."""
+    return rules.provider or "other"
+
+
 _LIMIT_KEYS = tuple(k for k in Limits.model_fields if k != "timeouts")
 
 
