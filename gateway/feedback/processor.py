@@ -18,6 +18,7 @@ complaint rates' denominators.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -39,6 +40,7 @@ from gateway.plugin_host import PluginHost
 from gateway.store import PolicyStore
 
 ID_HEADER = "X-Gateway-Id"
+_ID_LINE = re.compile(rb"^X-Gateway-Id:[ \t]*(\S+)", re.MULTILINE | re.IGNORECASE)
 
 
 class FeedbackLoop:
@@ -86,10 +88,13 @@ class FeedbackLoop:
                 await self._bounce(rcpt, raw)
         return "250 2.0.0 Report received"
 
-    def _qid_from_original(self, report_original: Any) -> str | None:
-        if report_original is None:
-            return None
-        value = report_original.get(ID_HEADER)
+    def _qid_from_original(self, report_original: Any, raw: bytes) -> str | None:
+        """The X-Gateway-Id of the returned original: its parsed headers, or for
+        formats that paste it in as text (qmail, Exim), a line of the report."""
+        value = report_original.get(ID_HEADER) if report_original is not None else None
+        if not value:
+            found = _ID_LINE.search(raw)
+            value = found.group(1).decode("ascii", "replace") if found else None
         return read_message_id_token(self._secret, str(value)) if value else None
 
     async def _bounce(self, rcpt: str, raw: bytes) -> None:
@@ -99,7 +104,7 @@ class FeedbackLoop:
             event("feedback_unreadable", logging.WARNING, kind="bounce", rcpt=rcpt)
             return
         verp = read_verp(self._secret, rcpt)
-        qid = verp[0] if verp else self._qid_from_original(report.original)
+        qid = verp[0] if verp else self._qid_from_original(report.original, raw)
         sent = self.sent.lookup(qid) if qid else None
         for status in report.recipients:
             recipient = status.recipient
@@ -159,7 +164,7 @@ class FeedbackLoop:
             FEEDBACK_REPORTS.labels("complaint", "unreadable").inc()
             event("feedback_unreadable", logging.WARNING, kind="complaint")
             return
-        qid, recipient, sent = self._match_complaint(report)
+        qid, recipient, sent = self._match_complaint(report, raw)
         if qid is None or sent is None or not recipient:
             FEEDBACK_REPORTS.labels("complaint", "unmatched").inc()
             event("feedback_unmatched", logging.WARNING, kind="complaint", ua=report.user_agent)
@@ -189,13 +194,13 @@ class FeedbackLoop:
         )
 
     def _match_complaint(
-        self, report: ComplaintReport
+        self, report: ComplaintReport, raw: bytes
     ) -> tuple[str | None, str, dict[str, Any] | None]:
         original = report.original
         verp = read_verp(self._secret, report.original_mail_from)
         if verp is None and original is not None:
             verp = read_verp(self._secret, str(original.get("Return-Path", "")))
-        qid = verp[0] if verp else self._qid_from_original(original)
+        qid = verp[0] if verp else self._qid_from_original(original, raw)
         sent = self.sent.lookup(qid) if qid else None
         recipient = report.recipient
         if sent and not recipient:

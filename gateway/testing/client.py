@@ -20,9 +20,17 @@ class SendResult:
 
 
 def send_message(
-    port: int, sender: str, recipients: list[str], data: bytes, host: str = "127.0.0.1"
+    port: int,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    host: str = "127.0.0.1",
+    source: str | None = None,
 ) -> SendResult:
-    with smtplib.SMTP(host, port, timeout=30) as client:
+    """Send one message; `source` picks the client's local address (127.0.0.x)."""
+    with smtplib.SMTP(
+        host, port, timeout=30, source_address=(source, 0) if source else None
+    ) as client:
         client.ehlo("client.test")
         code, reply = client.mail(sender)
         if code != 250:
