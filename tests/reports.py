@@ -24,7 +24,8 @@ def rfc3464(original: bytes, rcpt: str, status: str = "5.1.1", full: bool = Fals
         b"To: <bounces@bounces.sender.test>\r\n"
         b"Subject: Returned mail: see transcript for details\r\n"
         b"MIME-Version: 1.0\r\n"
-        b'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="RAA14128.773615765/CS.UTK.EDU"\r\n'
+        b"Content-Type: multipart/report; report-type=delivery-status;\r\n"
+        b'\tboundary="RAA14128.773615765/CS.UTK.EDU"\r\n'
         b"\r\n"
         b"--RAA14128.773615765/CS.UTK.EDU\r\n"
         b"Content-Type: text/plain\r\n\r\n"
@@ -106,7 +107,8 @@ def arf(original: bytes, rcpt: str | None, mail_from: str = "") -> bytes:
         b"To: <fbl@bounces.sender.test>\r\n"
         b"Subject: FW: Earn money\r\n"
         b"MIME-Version: 1.0\r\n"
-        b'Content-Type: multipart/report; report-type=feedback-report;\r\n\tboundary="part1_13d.2e68ed54_boundary"\r\n\r\n'
+        b"Content-Type: multipart/report; report-type=feedback-report;\r\n"
+        b'\tboundary="part1_13d.2e68ed54_boundary"\r\n\r\n'
         b"--part1_13d.2e68ed54_boundary\r\n"
         b'Content-Type: text/plain; charset="US-ASCII"\r\n\r\n'
         b"This is an email abuse report for an email message received from IP\r\n"
