@@ -90,6 +90,15 @@ def message_headers(envelope: EnvelopeInfo, message: MessageInfo) -> list[tuple[
     signed like the rest (List-Unsubscribe and List-Unsubscribe-Post always)."""
 
 
+@hookspec
+def message_check(
+    envelope: EnvelopeInfo, message: MessageInfo, signing_domains: tuple[str, ...]
+) -> Decision | None:
+    """First decision, last before signing: `message` now includes the fields
+    `message_headers` added, `signing_domains` are the domains whose DKIM keys
+    will sign it. Reject or defer refuses the message (compliance checks)."""
+
+
 # -- delivery -----------------------------------------------------------------
 
 
@@ -121,7 +130,8 @@ def delivery_deferred(delivery: Delivery) -> None:
 
 @hookspec
 def delivery_bounced(delivery: Delivery) -> None:
-    """All run, after a permanent failure or expiry (a DSN goes to the sender).
+    """All run, after a permanent failure or expiry (a DSN goes to the sender),
+    and for a bounce that came back later and was matched (attempts 0).
     Hard bounces feed suppression here."""
 
 
@@ -142,9 +152,9 @@ def feedback_unsubscribe(recipient: str, list_id: str, sender_domain: str, metho
 
 @hookspec
 def feedback_complaint(recipient: str, sender_domain: str, source: str, qid: str) -> None:
-    """All run, when a recipient reported a message as spam (an ARF report from a
-    feedback loop: issue 6 parses those and emits this; plugins may emit it
-    too). `source` is the egress source that sent it, "" if unknown."""
+    """All run, when a recipient reported a message as spam: an ARF report came
+    to a `feedback.fbl_addresses` address and was matched to what was sent
+    (plugins may emit it too). `source` is the egress source that sent it."""
 
 
 def hook_names() -> list[str]:

@@ -376,6 +376,20 @@ class IngressHandler:
         added: list[tuple[str, str]] = [self._feedback.id_header(qid)] if self._feedback else []
         for fields in await self._plugins.all("message_headers", envelope=info, message=message):
             added += [(str(name), str(value)) for name, value in fields]
+        if self._plugins.has("message_check"):
+            final = MessageInfo(
+                headers=(*added, *message.headers), from_domains=message.from_domains
+            )
+            signers = self._pipeline.keys.signers_for(list(message.from_domains))
+            refusal = await self._decide(
+                "data",
+                "message_check",
+                envelope=info,
+                message=final,
+                signing_domains=tuple(sorted({s.domain for s in signers})),
+            )
+            if refusal:
+                return refusal
         await self._pipeline.sign(prepared, qid, added)
         return prepared.reply
 

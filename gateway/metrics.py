@@ -67,3 +67,8 @@ FEEDBACK_REPORTS = Counter(
     "Inbound reports, by kind (bounce, complaint) and outcome (matched, unmatched, unreadable).",
     ["kind", "outcome"],
 )
+PLUGIN_EVENTS = Counter(
+    "gateway_plugin_events_total",
+    "Things plugins count (PluginContext.count), by plugin, event and kind.",
+    ["plugin", "event", "kind"],
+)

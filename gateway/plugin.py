@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.delivery.holds import Scope
 from gateway.log import event
+from gateway.metrics import PLUGIN_EVENTS
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -218,6 +219,10 @@ class PluginContext:
     def log(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
         """One JSON log line, tagged with the plugin's name."""
         event(name, level, plugin=self.name, **fields)
+
+    def count(self, name: str, kind: str = "") -> None:
+        """Add one to gateway_plugin_events_total{plugin, event=name, kind}."""
+        PLUGIN_EVENTS.labels(self.name, name, kind).inc()
 
 
 __all__ = [

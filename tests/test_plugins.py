@@ -147,7 +147,9 @@ def test_plugin_settings_and_names_are_checked(tmp_path: Path) -> None:
     conf.write_text("[plugins]\n")
     ok = check_config(conf)
     assert ok.returncode == 0, ok.stderr
-    assert "bounce_classes, consent, rotation, suppression, unsubscribe, warmup" in ok.stdout
+    assert "bounce_classes, compliance, consent, rotation, suppression, unsubscribe, warmup" in (
+        ok.stdout
+    )
 
 
 DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
