@@ -11,6 +11,7 @@ from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
 from gateway.dkim import KeyStore
+from gateway.domain_check import egress_warnings
 from gateway.feedback.processor import FeedbackLoop
 from gateway.http import HttpServer, metrics_page
 from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
@@ -49,6 +50,7 @@ class Gateway:
             self.feedback if feedback_on else None,
         )
         self._servers: list[asyncio.Server] = []
+        self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     def _context(self, name: str) -> PluginContext:
@@ -69,6 +71,7 @@ class Gateway:
         self.http.add("GET", "/metrics", metrics_page)
         await self.http.start()
         self.feedback.sent.start()
+        self._background = asyncio.create_task(self._check_egress(), name="egress-check")
         recovered = 0
         for message in self.spool.recover():
             if message.done:
@@ -90,6 +93,16 @@ class Gateway:
             recovered=recovered,
             plugins=self.plugins.names,
         )
+
+    async def _check_egress(self) -> None:
+        """Warn about egress addresses whose reverse DNS receivers will not accept."""
+        try:
+            problems = await asyncio.to_thread(egress_warnings, self.config)
+        except Exception as exc:  # DNS trouble at start must not stop the gateway
+            event("egress_check_failed", logging.WARNING, error=repr(exc))
+            return
+        for finding in problems:
+            event("egress_dns", logging.WARNING, check=finding.check, detail=finding.detail)
 
     def reload(self) -> None:
         """SIGHUP: reload every DKIM key file."""
@@ -125,6 +138,8 @@ class Gateway:
         delivery.cancel()
         watcher.cancel()
         await asyncio.gather(delivery, watcher, return_exceptions=True)
+        if self._background:
+            self._background.cancel()
         await self.feedback.sent.stop()
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()

@@ -1,4 +1,4 @@
-"""Command line: `gateway run`, `gateway check-config`, `gateway dkim-records`."""
+"""Command line: `gateway run`, `check-config`, `dkim-records`, `check-domain`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.config import Config, ConfigError, load_config
 from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
+from gateway.domain_check import check_domain
 from gateway.log import setup_logging
 from gateway.plugin_host import PluginHost
 from gateway.shaping import load_shaping
@@ -23,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", type=Path)
     records = sub.add_parser("dkim-records", help="print the DNS TXT record of every DKIM key")
     records.add_argument("--config", type=Path, required=True)
+    domain = sub.add_parser(
+        "check-domain", help="check a sending domain's MX, SPF, DKIM, DMARC and egress rDNS"
+    )
+    domain.add_argument("domain")
+    domain.add_argument("--config", type=Path, help="TOML configuration file")
     args = parser.parse_args(argv)
 
     path = args.file if args.command == "check-config" else args.config
@@ -44,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             f"plugins: {', '.join(plugins.names) or 'none'})"
         )
         return 0
+    if args.command == "check-domain":
+        findings = check_domain(config, args.domain)
+        for finding in findings:
+            print(finding)
+        return 1 if any(f.level == "fail" for f in findings) else 0
     if args.command == "dkim-records":
         for signer in keys.signers:
             record = signer.dns_record()
