@@ -7,6 +7,8 @@ import logging
 import signal
 
 from gateway import __version__
+from gateway.admin import HoldKeeper
+from gateway.admin import add_routes as add_admin_routes
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
@@ -33,8 +35,9 @@ class Gateway:
         self.store = open_store(str(config.store_path))
         self.http = HttpServer(config.http.listen)
         self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
+        self.keeper = HoldKeeper(self.engine, self.store)
         self.feedback = FeedbackLoop(
-            config.feedback, config.node.hostname, self.store, self.plugins, self.engine
+            config.feedback, config.node.hostname, self.store, self.plugins, self.keeper
         )
         self.plugins.register_internal(self.feedback, "core.feedback")
         self.engine.envelope_sender = self.feedback.envelope_sender
@@ -69,7 +72,9 @@ class Gateway:
     async def start(self) -> None:
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
         self.http.add("GET", "/metrics", metrics_page)
+        add_admin_routes(self.http, self.engine, self.keeper)
         await self.http.start()
+        restored = self.keeper.restore()
         self.feedback.sent.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
         recovered = 0
@@ -92,6 +97,7 @@ class Gateway:
             spool=str(self.spool.root),
             recovered=recovered,
             plugins=self.plugins.names,
+            holds_restored=restored,
         )
 
     async def _check_egress(self) -> None:

@@ -4,6 +4,7 @@ non-standard formats (tests/reports.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -144,8 +145,37 @@ def test_complaint_rate_throttling(
         assert metric(gw.http_port, "gateway_complaint_throttle", labels) == level
         rate = metric(gw.http_port, "gateway_complaint_rate", labels)
         assert rate == pytest.approx(1 / 3)
-        if action == "suspend":  # until resumed by hand: nothing more goes there
-            held = send(gw.port, "app@sender.test", ["held@good.test"])
-            time.sleep(2.0)
-            assert not [e for e in gw.events("delivered") if e.get("qid") == held]
-            assert len(mx.messages) == 3
+        if action == "suspend":
+            suspended_until_resumed(gw, mx)
+
+
+def admin(gw: GatewayProcess, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    url = f"http://127.0.0.1:{gw.http_port}/admin/{path}"
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as response:
+        return json.loads(response.read())
+
+
+def suspended_until_resumed(gw: GatewayProcess, mx: Receiver) -> None:
+    """Nothing more goes, across a restart, until an operator resumes both streams."""
+    held = send(gw.port, "app@sender.test", ["held@good.test"])
+    time.sleep(2.0)
+    assert not [e for e in gw.events("delivered") if e.get("qid") == held]
+    scopes = [
+        {"provider": "other", "sender_domain": "sender.test"},
+        {"provider": "other", "source": "default"},
+    ]
+    holds = admin(gw, "holds")
+    assert {json.dumps(h["scope"], sort_keys=True) for h in holds} == {
+        json.dumps(scope, sort_keys=True) for scope in scopes
+    }
+    assert all(h["until"] is None for h in holds)
+    assert gw.stop() == 0
+    gw.start()
+    gw.wait_event("started", holds_restored=2)
+    time.sleep(1.0)
+    assert len(mx.messages) == 3
+    for scope in scopes:
+        assert admin(gw, "resume", {"scope": scope}) == {"resumed": True}
+    gw.wait_event("delivered", qid=held)
+    assert admin(gw, "holds") == []

@@ -71,6 +71,7 @@ def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcom
 RATE_WAIT_IN_SESSION = 2.0
 
 Lane = tuple[str, str]  # (egress source, site): what rates and connection limits apply to
+RATE_LOWERED = "rate lowered by automation"
 
 
 class DeliveryEngine:
@@ -101,6 +102,8 @@ class DeliveryEngine:
         self._ready: dict[tuple[str, str], deque[Job]] = defaultdict(deque)
         self._routes: dict[tuple[str, ...], str] = {}  # delivery_route answers, cached
         self._arrivals: dict[tuple[str, str], asyncio.Event] = {}  # for idle sessions
+        self._parked: dict[Scope, list[Job]] = {}  # jobs sent back by a hold, by its scope
+        self._inflight: set[tuple[str, int]] = set()  # (qid, recipient index) being tried
         self.holds = Holds()  # suspensions, by operators and automation
         self._automation = ReplyAutomation(self.holds)
         self._message_rates: dict[Lane, RateLimiter] = {}
@@ -179,7 +182,7 @@ class DeliveryEngine:
         for job in jobs:
             hold = self._label_hold(site, job, now)
             if hold:
-                self._scheduler.add(job, hold.until)
+                self._park(job, hold)
                 continue
             job.pool = self._route_pool(job, site)
             self._ready[(site, job.pool)].append(job)
@@ -317,6 +320,13 @@ class DeliveryEngine:
             return rate_wait, f"message rate {rules.message_rate}"
         return wait, cap
 
+    def _park(self, job: Job, hold: Hold) -> None:
+        """Back to the scheduled queue until the hold ends (no attempt counted);
+        remembered, so lifting the hold early brings the job back at once."""
+        self._scheduler.add(job, hold.until)
+        if hold.reason != RATE_LOWERED:
+            self._parked.setdefault(hold.scope, []).append(job)
+
     def _lane_context(self, lane: Lane) -> dict[str, str | None]:
         source, site = lane
         return {"site": site, "provider": provider_of(self._rules[site]), "source": source}
@@ -348,7 +358,7 @@ class DeliveryEngine:
             limiter.set_factor(self._automation.rate_factors[scope].value(now))
             wait = limiter.wait(now)
             if wait:
-                return Hold(scope, now + wait, "rate lowered by automation")
+                return Hold(scope, now + wait, RATE_LOWERED)
         return None
 
     def _take_label_rates(self, site: str, job: Job, now: float) -> None:
@@ -364,7 +374,7 @@ class DeliveryEngine:
             for job in queue:
                 hold = self._label_hold(site, job, now)
                 if hold:
-                    self._scheduler.add(job, hold.until)
+                    self._park(job, hold)
                 else:
                     keep.append(job)
             queue.clear()  # in place: sessions hold this deque
@@ -385,8 +395,13 @@ class DeliveryEngine:
         self._wake.set()
 
     def resume(self, scope: Scope) -> bool:
-        """Lift a suspension; False if there was none with exactly this scope."""
+        """Lift a suspension; False if there was none with exactly this scope.
+        Jobs parked by it come back now (their old scheduled entries, when they
+        fall due, find nothing left to send)."""
         lifted = self.holds.remove(scope)
+        now = time.time()
+        for job in self._parked.pop(scope, []):
+            self._scheduler.add(job, now)
         self._wake.set()
         return lifted
 
@@ -570,7 +585,7 @@ class DeliveryEngine:
                 job = queue.popleft()
                 hold = self._label_hold(site, job, now)
                 if hold:
-                    self._scheduler.add(job, hold.until)
+                    self._park(job, hold)
                     self._wake.set()
                     continue
                 self._message_rate(lane, now).try_take(now)
@@ -642,13 +657,42 @@ class DeliveryEngine:
                 return conn, host, "", ""
         return None, None, error, status
 
+    def _due_recipients(self, job: Job, message: SpooledMessage) -> list[int]:
+        """The job's recipients to try now: pending, not being tried by another
+        job, and not waiting for a later attempt (a stale entry of a job that
+        was parked and brought back early finds nothing here)."""
+        soon = time.time() + 1.0
+        return [
+            i
+            for i in job.rcpts
+            if message.recipients[i].status == "pending"
+            and (job.qid, i) not in self._inflight
+            and message.recipients[i].next_attempt <= soon
+        ]
+
     async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job, site: str) -> None:
         message = self._messages.get(job.qid)
         if message is None:
             return
-        indices = [i for i in job.rcpts if message.recipients[i].status == "pending"]
+        indices = self._due_recipients(job, message)
         if not indices:
             return
+        trying = {(job.qid, i) for i in indices}
+        self._inflight |= trying
+        try:
+            await self._attempt(conn, host, job, site, message, indices)
+        finally:
+            self._inflight -= trying
+
+    async def _attempt(
+        self,
+        conn: SmtpConnection,
+        host: MxHost,
+        job: Job,
+        site: str,
+        message: SpooledMessage,
+        indices: list[int],
+    ) -> None:
         env = message.envelope
         try:
             body = await self._spool.read_body(job.qid)

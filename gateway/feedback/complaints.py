@@ -91,7 +91,7 @@ class ComplaintMonitor:
             return
         kind, name, provider = key
         fields = {kind: name}
-        scope = Scope(provider=None if provider == "other" else provider, **fields)
+        scope = Scope(provider=provider, **fields)
         reason = f"complaint rate {rate:.3%} over {'limit' if level == 2 else 'warning'}"
         if level == 2:
             self._throttle.suspend(scope, NEVER, f"{reason}: resume by hand")

@@ -1,0 +1,133 @@
+"""Operator controls over HTTP (on the `[http]` listener; issue 7 grows this
+into the full admin API and CLI), and suspensions that last until an
+operator lifts them.
+
+    GET  /admin/holds                 every suspension: scope, until, reason
+    POST /admin/suspend   {"scope": {"site"|"provider"|"source"|"tenant"|"campaign"|
+                           "sender_domain": ...}, "seconds": N (absent: until resumed),
+                           "reason": "..."}
+    POST /admin/resume    {"scope": {...}}
+    GET  /admin/queues                sites with mail ready, their holds and waits
+    GET  /admin/explain/{qid}         why a message waits
+
+A suspension without an end (an operator's, or complaint-rate throttling's)
+is kept in the policy store and restored at start, so a restart does not
+lift it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.delivery.engine import DeliveryEngine
+from gateway.delivery.holds import FIELDS, Scope
+from gateway.store import PolicyStore
+
+NAMESPACE = "holds"
+
+
+class HoldKeeper:
+    """Suspends through the engine, keeping open-ended suspensions in the store."""
+
+    def __init__(self, engine: DeliveryEngine, store: PolicyStore) -> None:
+        self._engine = engine
+        self._store = store
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    def restore(self) -> int:
+        count = 0
+        for _, record in self._store.scan(NAMESPACE):
+            self._engine.suspend(Scope(**record["scope"]), math.inf, record["reason"])
+            count += 1
+        return count
+
+    def _persist(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    def suspend(self, scope: Scope, until: float, reason: str = "suspended by an operator") -> None:
+        self._engine.suspend(scope, until, reason)
+        if math.isinf(until):
+            self._persist(
+                self._store.put(NAMESPACE, str(scope), {"scope": scope.fields(), "reason": reason})
+            )
+
+    def slow(self, scope: Scope, factor: float, clean_period: float) -> None:
+        self._engine.slow(scope, factor, clean_period)
+
+    def resume(self, scope: Scope) -> bool:
+        self._persist(self._store.delete(NAMESPACE, str(scope)))
+        return self._engine.resume(scope)
+
+
+def _scope(body: Any) -> Scope:
+    fields = body.get("scope") if isinstance(body, dict) else None
+    if not isinstance(fields, dict) or not fields:
+        raise ValueError(f"scope must be an object with some of: {', '.join(FIELDS)}")
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown scope fields: {', '.join(sorted(unknown))}")
+    return Scope(**{k: str(v) for k, v in fields.items()})
+
+
+def add_routes(app: Any, engine: DeliveryEngine, keeper: HoldKeeper) -> None:
+    """Register the admin routes on the HTTP listener (`app.add(method, path, handler)`)."""
+
+    async def holds(request: web.Request) -> web.Response:
+        now = time.time()
+        return web.json_response(
+            [
+                {
+                    "scope": h.scope.fields(),
+                    "until": None if math.isinf(h.until) else h.until,
+                    "reason": h.reason,
+                }
+                for h in engine.holds.active(now)
+            ]
+        )
+
+    async def read(request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except json.JSONDecodeError as exc:
+            raise web.HTTPBadRequest(text=f"not JSON: {exc}") from None
+
+    async def suspend(request: web.Request) -> web.Response:
+        body = await read(request)
+        try:
+            scope = _scope(body)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        seconds = body.get("seconds")
+        until = time.time() + float(seconds) if seconds is not None else math.inf
+        keeper.suspend(scope, until, str(body.get("reason") or "suspended by an operator"))
+        return web.json_response({"suspended": scope.fields()})
+
+    async def resume(request: web.Request) -> web.Response:
+        try:
+            scope = _scope(await read(request))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"resumed": keeper.resume(scope)})
+
+    async def queues(request: web.Request) -> web.Response:
+        return web.json_response({"sites": engine.queues(), "scheduled": engine.scheduled()})
+
+    async def explain(request: web.Request) -> web.Response:
+        found = engine.explain(request.match_info["qid"])
+        if found is None:
+            return web.json_response({"error": "no such message in the queue"}, status=404)
+        return web.json_response(found)
+
+    app.add("GET", "/admin/holds", holds)
+    app.add("POST", "/admin/suspend", suspend)
+    app.add("POST", "/admin/resume", resume)
+    app.add("GET", "/admin/queues", queues)
+    app.add("GET", "/admin/explain/{qid}", explain)
