@@ -1,6 +1,5 @@
-"""Operator controls over HTTP (on the `[http]` listener; issue 7 grows this
-into the full admin API and CLI), and suspensions that last until an
-operator lifts them.
+"""Operator controls over HTTP (on the `[admin]` listener, behind its bearer
+token), and suspensions that last until an operator lifts them.
 
     GET  /admin/holds                 every suspension: scope, until, reason
     POST /admin/suspend   {"scope": {"site"|"provider"|"source"|"tenant"|"campaign"|
@@ -20,16 +19,35 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import secrets
 import time
 from typing import Any
 
 from aiohttp import web
 
+from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import FIELDS, Scope
 from gateway.store import PolicyStore
 
 NAMESPACE = "holds"
+
+
+def admin_token(config: Config) -> str:
+    """`[admin] token`, else the token file's, else a new random one written there
+    (mode 0600), so the CLI on the same host finds it."""
+    if config.admin.token:
+        return config.admin.token
+    path = config.admin_token_file
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
 
 
 class HoldKeeper:

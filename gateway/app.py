@@ -7,7 +7,7 @@ import logging
 import signal
 
 from gateway import __version__
-from gateway.admin import HoldKeeper
+from gateway.admin import HoldKeeper, admin_token
 from gateway.admin import add_routes as add_admin_routes
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
@@ -34,6 +34,12 @@ class Gateway:
         self.plugins = PluginHost(config)
         self.store = open_store(str(config.store_path))
         self.http = HttpServer(config.http.listen)
+        self.admin = HttpServer(
+            config.admin.listen,
+            token=admin_token(config),
+            open_paths=() if config.admin.metrics_need_token else ("/metrics",),
+            name="admin",
+        )
         self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
         self.keeper = HoldKeeper(self.engine, self.store)
         self.feedback = FeedbackLoop(
@@ -63,6 +69,7 @@ class Gateway:
             store=self.store,
             egress=self.engine,
             http=self.http,
+            admin=self.admin,
             hostname=self.config.node.hostname,
             public_url=self.config.http.public_url,
             data_dir=str(self.config.node.data_dir),
@@ -71,9 +78,10 @@ class Gateway:
 
     async def start(self) -> None:
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
-        self.http.add("GET", "/metrics", metrics_page)
-        add_admin_routes(self.http, self.engine, self.keeper)
+        self.admin.add("GET", "/metrics", metrics_page)
+        add_admin_routes(self.admin, self.engine, self.keeper)
         await self.http.start()
+        await self.admin.start()
         restored = self.keeper.restore()
         self.feedback.sent.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
@@ -149,6 +157,7 @@ class Gateway:
         await self.feedback.sent.stop()
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()
+        await self.admin.stop()
         self.pipeline.close()
         self.store.close()
         self.spool.close()

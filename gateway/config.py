@@ -330,10 +330,20 @@ class StoreConfig(_Section):
 
 
 class HttpConfig(_Section):
-    """The HTTP listener for plugin endpoints (one-click unsubscribe, consent)."""
+    """The public HTTP listener: endpoints recipients reach (one-click unsubscribe)."""
 
     listen: str = "127.0.0.1:8025"  # "" turns it off
     public_url: str = ""  # how recipients reach it, e.g. "https://unsub.example.com"
+
+
+class AdminConfig(_Section):
+    """The admin listener: the admin API, /metrics, private plugin endpoints."""
+
+    listen: str = "127.0.0.1:8026"  # "" turns it off
+    # The bearer token; "" reads token_file, or creates it with a random token.
+    token: str = ""
+    token_file: Path | None = None  # default: <node.data_dir>/admin.token
+    metrics_need_token: bool = False  # Prometheus may scrape /metrics without one
 
 
 class Config(_Section):
@@ -352,6 +362,11 @@ class Config(_Section):
     plugin: dict[str, dict[str, Any]] = {}
     store: StoreConfig = StoreConfig()
     http: HttpConfig = HttpConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.admin.token_file or self.node.data_dir / "admin.token"
 
     @property
     def store_path(self) -> Path:

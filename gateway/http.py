@@ -1,5 +1,6 @@
-"""The HTTP listener (aiohttp): plugin endpoints (one-click unsubscribe,
-consent recording) and /metrics; the admin API of issue 7 will join it.
+"""The HTTP listeners (aiohttp): the public one for endpoints recipients
+reach (one-click unsubscribe), and the admin one, behind a bearer token, for
+the admin API, /metrics and private plugin endpoints (consent recording).
 
 aiohttp rather than a hand-written server: a maintained HTTP/1.1
 implementation with request size limits, keep-alive and graceful shutdown.
@@ -7,6 +8,9 @@ Plugins add routes in `gateway_startup`; the listener starts after that.
 """
 
 from __future__ import annotations
+
+import hmac
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,9 +24,15 @@ MAX_BODY = 64 * 1024
 
 
 class HttpServer:
-    def __init__(self, listen: str) -> None:
+    def __init__(
+        self, listen: str, token: str = "", open_paths: tuple[str, ...] = (), name: str = "http"
+    ) -> None:
+        """With `token`, every request but those to `open_paths` needs
+        `Authorization: Bearer TOKEN` (compared in constant time)."""
         self._listen = listen
-        self.app = web.Application(client_max_size=MAX_BODY)
+        self._name = name
+        middlewares = [_token_auth(token, open_paths)] if token else []
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         self._runner: web.AppRunner | None = None
 
     def add(self, method: str, path: str, handler: Handler) -> None:
@@ -35,11 +45,30 @@ class HttpServer:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
-        event("http_listening", address=f"{host}:{port}")
+        event(f"{self._name}_listening", address=f"{host}:{port}")
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _token_auth(token: str, open_paths: tuple[str, ...]) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in open_paths:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "an admin token is needed: Authorization: Bearer TOKEN"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
 
 
 async def metrics_page(request: web.Request) -> web.Response:

@@ -210,7 +210,8 @@ class PluginContext:
     settings: Any
     store: PolicyStore
     egress: Egress
-    http: HttpRoutes
+    http: HttpRoutes  # the public listener: for recipients (unsubscribe links)
+    admin: HttpRoutes  # the admin listener, behind its token: for operators and apps
     hostname: str
     public_url: str  # [http] public_url: how recipients reach the HTTP endpoints
     data_dir: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,8 +19,8 @@ def message(from_: str, extra: str = "", dated: bool = True) -> bytes:
 
 
 def findings(gw: PluginGateway) -> dict[str, float]:
-    with urllib.request.urlopen(gw.http_url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    status, text = gw.admin("GET", "/metrics")
+    assert status == 200
     return {
         sample.labels["kind"]: sample.value
         for family in text_string_to_metric_families(text)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,9 +99,9 @@ def test_a_complaint_is_matched_and_suppresses_for_its_sender_domain(
         assert other.refused == {}
 
 
-def metric(port: int, metric_name: str, labels: dict[str, str]) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def metric(gw: GatewayProcess, metric_name: str, labels: dict[str, str]) -> float | None:
+    status, text = gw.admin("GET", "/metrics")
+    assert status == 200
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == metric_name and all(
@@ -142,18 +141,17 @@ def test_complaint_rate_throttling(
         assert (by_domain["action"], by_domain["stream"]) == (action, "sender.test")
         assert (by_source["action"], by_source["stream"]) == (action, "default")
         labels = {"kind": "sender_domain", "name": "sender.test", "provider": "other"}
-        assert metric(gw.http_port, "gateway_complaint_throttle", labels) == level
-        rate = metric(gw.http_port, "gateway_complaint_rate", labels)
+        assert metric(gw, "gateway_complaint_throttle", labels) == level
+        rate = metric(gw, "gateway_complaint_rate", labels)
         assert rate == pytest.approx(1 / 3)
         if action == "suspend":
             suspended_until_resumed(gw, mx)
 
 
 def admin(gw: GatewayProcess, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    url = f"http://127.0.0.1:{gw.http_port}/admin/{path}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10) as response:
-        return json.loads(response.read())
+    status, answer = gw.admin("POST" if body is not None else "GET", f"/admin/{path}", body)
+    assert status == 200, answer
+    return answer
 
 
 def suspended_until_resumed(gw: GatewayProcess, mx: Receiver) -> None:

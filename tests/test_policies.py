@@ -61,9 +61,9 @@ def test_suppressed_and_consentless_recipients_are_refused_at_rcpt(
         settings={"consent": {"sender_streams": {"news.shop.test": "marketing"}}},
     )
     for rcpt in ("ann@example.test", "carl@example.test"):
-        status, _ = http(
+        status, _ = gw.admin(
             "POST",
-            gw.http_url + "/consent",
+            "/consent",
             {"recipient": rcpt, "list": "news.shop.test", "method": "single-opt-in",
              "source": "https://shop.test/signup"},
         )  # fmt: skip

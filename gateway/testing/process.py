@@ -8,12 +8,36 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from gateway.config import parse_hostport
 from gateway.testing.net import free_port, wait_for_port
 from gateway.testing.service import Service
+
+
+def admin_request(
+    port: int, token: str, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw, status, kind = (
+                response.read(),
+                response.status,
+                response.headers.get_content_type(),
+            )
+    except urllib.error.HTTPError as exc:
+        raw, status, kind = exc.read(), exc.code, exc.headers.get_content_type()
+    return status, json.loads(raw) if kind == "application/json" else raw.decode()
 
 
 def dump_toml(config: dict[str, dict[str, Any]]) -> str:
@@ -66,17 +90,22 @@ class GatewayProcess(Service):
         self.workdir = workdir
         self.port = port or free_port()
         self.http_port = free_port()
+        self.admin_port = free_port()
+        self.admin_token = "test-admin-token"
         self.env = env or {}
         self.config = _merge(
             {
                 "node": {"hostname": "gateway.test", "data_dir": str(workdir / "data")},
                 "smtp": {"listen": [f"127.0.0.1:{self.port}"]},
                 "http": {"listen": f"127.0.0.1:{self.http_port}"},
+                "admin": {"listen": f"127.0.0.1:{self.admin_port}", "token": self.admin_token},
                 "log": {"level": "debug", "format": "json"},
             },
             config,
         )
         self.http_port = parse_hostport(self.config["http"]["listen"], 8025)[1]
+        self.admin_port = parse_hostport(self.config["admin"]["listen"], 8026)[1]
+        self.admin_token = self.config["admin"]["token"]
         self.config_path = workdir / "gateway.toml"
         self.log_path = workdir / "gateway.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -130,6 +159,10 @@ class GatewayProcess(Service):
             self._proc.kill()
             self._proc.wait()
             self._proc = None
+
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call the admin API with the token: (HTTP status, decoded JSON or text)."""
+        return admin_request(self.admin_port, self.admin_token, method, path, body)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -46,7 +46,12 @@ class PluginGateway:
 
     @property
     def http_url(self) -> str:
+        """The public listener (unsubscribe links)."""
         return f"http://127.0.0.1:{self.process.http_port}"
+
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call the admin listener with its token: (status, JSON or text)."""
+        return self.process.admin(method, path, body)
 
     def send(self, sender: str, recipients: list[str], data: bytes | None = None) -> SendResult:
         message = (

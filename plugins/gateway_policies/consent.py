@@ -9,7 +9,7 @@ from the sender (`sender_streams`), else at the end of DATA, when the
 X-Gateway-Stream header tells it (then the whole message is refused, naming
 how many recipients lack consent). Transactional streams are never checked.
 
-Recording, over the [http] listener (keep it on a private address):
+Recording, over the [admin] listener (with its bearer token):
 
     POST /consent          {"recipient", "list", "method", "source", "confirmed_at"?}
     POST /consent/confirm  {"recipient", "list", "source"}   (a double opt-in click)
@@ -69,9 +69,9 @@ class Consent:
     def gateway_startup(self, context: PluginContext) -> None:
         self.settings = context.settings
         self.store = context.store
-        context.http.add("POST", "/consent", self.http_record)
-        context.http.add("POST", "/consent/confirm", self.http_confirm)
-        context.http.add("DELETE", "/consent", self.http_withdraw)
+        context.admin.add("POST", "/consent", self.http_record)
+        context.admin.add("POST", "/consent/confirm", self.http_confirm)
+        context.admin.add("DELETE", "/consent", self.http_withdraw)
 
     # -- the checks ---------------------------------------------------------------
 

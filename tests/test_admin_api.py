@@ -1,0 +1,36 @@
+"""The admin listener: bearer-token auth, and the API's contract over a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gateway.testing import GatewayProcess
+from gateway.testing.process import admin_request
+
+
+def test_the_admin_api_needs_the_token_and_metrics_do_not(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    with GatewayProcess(tmp_path, base_config) as gw:
+        port = gw.admin_port
+        assert admin_request(port, "", "GET", "/admin/holds")[0] == 401
+        status, answer = admin_request(port, "wrong-token", "GET", "/admin/holds")
+        assert status == 401
+        assert "Authorization: Bearer" in answer["error"]
+        assert admin_request(port, gw.admin_token, "GET", "/admin/holds") == (200, [])
+        status, text = admin_request(port, "", "GET", "/metrics")
+        assert status == 200
+        assert "gateway_" in text
+
+
+def test_without_a_configured_token_one_is_made_and_kept_private(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    config = {**base_config, "admin": {"token": ""}}
+    with GatewayProcess(tmp_path, config) as gw:
+        token_file = tmp_path / "data" / "admin.token"
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        assert token_file.stat().st_mode & 0o077 == 0
+        assert admin_request(gw.admin_port, token, "GET", "/admin/holds") == (200, [])
