@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import REGISTRY
+
 from gateway import __version__
 from gateway.admin import HoldKeeper, admin_token
 from gateway.admin import add_routes as add_admin_routes
@@ -16,12 +18,13 @@ from gateway.dkim import KeyStore
 from gateway.domain_check import egress_warnings
 from gateway.feedback.processor import FeedbackLoop
 from gateway.http import HttpServer, metrics_page
-from gateway.ingress import IngressHandler, drain_sessions, make_server_factory
+from gateway.ingress import GatewaySMTP, IngressHandler, drain_sessions, make_server_factory
 from gateway.log import event
 from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
 from gateway.spool import Spool
+from gateway.state_metrics import StateCollector
 from gateway.store import open_store
 
 SHUTDOWN_GRACE_SECONDS = 30.0
@@ -78,6 +81,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
+        self._collector = StateCollector(self.engine, lambda: len(GatewaySMTP.sessions))
+        REGISTRY.register(self._collector)
         self.admin.add("GET", "/metrics", metrics_page)
         add_admin_routes(self.admin, self.engine, self.keeper)
         await self.http.start()
@@ -158,6 +163,7 @@ class Gateway:
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()
         await self.admin.stop()
+        REGISTRY.unregister(self._collector)
         self.pipeline.close()
         self.store.close()
         self.spool.close()

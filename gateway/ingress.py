@@ -21,7 +21,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import Config
 from gateway.feedback.processor import FeedbackLoop
 from gateway.log import event
-from gateway.metrics import POLICY_REFUSALS
+from gateway.metrics import (
+    ACCEPT_SECONDS,
+    MESSAGES_RECEIVED,
+    POLICY_REFUSALS,
+    RECEIVED_BYTES,
+    bounded,
+)
 from gateway.pipeline import MessagePipeline, Prepared
 from gateway.plugin import Decision, EnvelopeInfo, MessageInfo, SessionInfo
 from gateway.plugin_host import PluginHost
@@ -292,6 +298,7 @@ class IngressHandler:
             self.in_data -= 1
 
     async def _queue(self, session: Session, envelope: Envelope) -> str:
+        started = time.perf_counter()
         raw: bytes = envelope.original_content or b""
         if isinstance(envelope, GatewayEnvelope) and envelope.feedback and self._feedback:
             try:
@@ -349,6 +356,9 @@ class IngressHandler:
             campaign=prepared.campaign,
             stream=prepared.stream,
         )
+        ACCEPT_SECONDS.observe(time.perf_counter() - started)
+        MESSAGES_RECEIVED.labels(bounded("tenant", prepared.tenant or "none")).inc()
+        RECEIVED_BYTES.inc(spooled.size)
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def _message_policy(

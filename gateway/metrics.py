@@ -1,6 +1,9 @@
-"""Prometheus metrics of the gateway (names per docs/metrics.md).
+"""Prometheus metrics of the gateway (names and labels: docs/metrics.md).
 
 Defined here, in one place, so every module counts into the same registry.
+Labels never carry an address; labels whose values come from traffic
+(tenant, site) go through `bounded`, which folds values past a cap into
+"other", so a flood of new tenants or sites cannot explode cardinality.
 """
 
 from __future__ import annotations
@@ -72,3 +75,71 @@ PLUGIN_EVENTS = Counter(
     "Things plugins count (PluginContext.count), by plugin, event and kind.",
     ["plugin", "event", "kind"],
 )
+PLUGIN_DECISIONS = Counter(
+    "gateway_plugin_decisions_total",
+    "Decisions plugins returned, by plugin, hook and action (accept, reject, defer, disconnect).",
+    ["plugin", "hook", "action"],
+)
+PLUGIN_HOOK_SECONDS = Histogram(
+    "gateway_plugin_hook_seconds",
+    "Time a plugin's hook implementation took, by plugin and hook.",
+    ["plugin", "hook"],
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0),
+)
+PLUGIN_GAUGE = Gauge(
+    "gateway_plugin_gauge",
+    "Values plugins report (PluginContext.gauge), e.g. warm-up cap use per source.",
+    ["plugin", "name", "kind"],
+)
+MESSAGES_RECEIVED = Counter(
+    "gateway_messages_received_total",
+    "Messages accepted (250 after DATA), by tenant.",
+    ["tenant"],
+)
+RECEIVED_BYTES = Counter(
+    "gateway_received_bytes_total",
+    "Bytes of accepted messages.",
+)
+RECIPIENT_OUTCOMES = Counter(
+    "gateway_recipients_total",
+    "Recipient outcomes of delivery attempts (delivered, deferred, bounced, expired), "
+    "by provider, pool, source, tenant and bounce class.",
+    ["outcome", "provider", "pool", "source", "tenant", "bounce_class"],
+)
+ACCEPT_SECONDS = Histogram(
+    "gateway_accept_seconds",
+    "From the end of DATA to the 250: prepare, plugins, sign, spool.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+QUEUE_SECONDS = Histogram(
+    "gateway_time_in_queue_seconds",
+    "From acceptance to a recipient's final outcome, by outcome.",
+    ["outcome"],
+    buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400),
+)
+ATTEMPT_SECONDS = Histogram(
+    "gateway_delivery_attempt_seconds",
+    "One SMTP transaction (MAIL to the end of DATA) to an MX host, by provider.",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DKIM_SIGN_SECONDS = Histogram(
+    "gateway_dkim_sign_seconds",
+    "Time to DKIM-sign one message (every signature it gets).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
+)
+
+# Distinct values seen per label kind; past the cap a value is reported as "other".
+LABEL_CAP = 200
+_seen: dict[str, set[str]] = {}
+
+
+def bounded(kind: str, value: str, cap: int = LABEL_CAP) -> str:
+    """`value` as a label, or "other" once `cap` distinct values of `kind` were used."""
+    seen = _seen.setdefault(kind, set())
+    if value in seen:
+        return value
+    if len(seen) >= cap:
+        return "other"
+    seen.add(value)
+    return value

@@ -28,6 +28,7 @@ from gateway.config import Config
 from gateway.dkim import KeyStore
 from gateway.log import event
 from gateway.metrics import (
+    DKIM_SIGN_SECONDS,
     DKIM_SIGNATURES,
     DKIM_UNSIGNED,
     LINT_FINDINGS,
@@ -161,8 +162,10 @@ class MessagePipeline:
         if not signers:
             self._unsigned(result, "no_key", "no DKIM key for the author domain")
             return
+        started = time.perf_counter()
         try:
             result.data = sign_message(result.data, signers)
+            DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
         except DkimSignError as exc:
             self._unsigned(result, "sign_error", str(exc))
             return

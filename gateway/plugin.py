@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.delivery.holds import Scope
 from gateway.log import event
-from gateway.metrics import PLUGIN_EVENTS
+from gateway.metrics import PLUGIN_EVENTS, PLUGIN_GAUGE
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -224,6 +224,10 @@ class PluginContext:
     def count(self, name: str, kind: str = "") -> None:
         """Add one to gateway_plugin_events_total{plugin, event=name, kind}."""
         PLUGIN_EVENTS.labels(self.name, name, kind).inc()
+
+    def gauge(self, name: str, value: float, kind: str = "") -> None:
+        """Set gateway_plugin_gauge{plugin, name, kind}."""
+        PLUGIN_GAUGE.labels(self.name, name, kind).set(value)
 
 
 __all__ = [

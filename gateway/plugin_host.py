@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from gateway import hookspecs
 from gateway.config import Config, ConfigError, describe_errors
 from gateway.log import event
-from gateway.metrics import PLUGIN_CALLS_FAILED
+from gateway.metrics import PLUGIN_CALLS_FAILED, PLUGIN_DECISIONS, PLUGIN_HOOK_SECONDS
 from gateway.plugin import Decision, PluginContext
 
 ENTRY_POINT_GROUP = "gateway"
@@ -148,13 +148,18 @@ class PluginHost:
         )  # fmt: skip
 
     def _traced(self, hook: str, plugin: str, result: Any, started: float) -> None:
+        """A call that returned: timed, decisions counted, traced when asked."""
+        elapsed = time.perf_counter() - started
+        PLUGIN_HOOK_SECONDS.labels(plugin, hook).observe(elapsed)
+        if isinstance(result, Decision):
+            PLUGIN_DECISIONS.labels(plugin, hook, result.action).inc()
         if self._trace:
             event(
                 "hook_call",
                 hook=hook,
                 plugin=plugin,
                 result=repr(result)[:200],
-                ms=round((time.perf_counter() - started) * 1000, 3),
+                ms=round(elapsed * 1000, 3),
             )
 
     async def first(self, hook: str, **kwargs: Any) -> Any:

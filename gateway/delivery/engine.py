@@ -27,7 +27,13 @@ from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
 from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
 from gateway.log import event
-from gateway.metrics import BOUNCE_CLASSES
+from gateway.metrics import (
+    ATTEMPT_SECONDS,
+    BOUNCE_CLASSES,
+    QUEUE_SECONDS,
+    RECIPIENT_OUTCOMES,
+    bounded,
+)
 from gateway.plugin import Capacity, Delivery, Destination, Route, envelope_info
 from gateway.plugin_host import PluginHost
 from gateway.scheduler import Job, RetryScheduler
@@ -706,6 +712,7 @@ class DeliveryEngine:
         outcomes: list[Outcome] = []
         for batch in batches:
             sender = senders.get(batch[0]) or env.sender
+            started = time.perf_counter()
             try:
                 result = await conn.send(
                     sender,
@@ -718,7 +725,11 @@ class DeliveryEngine:
                 outcomes += [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in batch]
             else:
                 outcomes += classify(batch, result, host.name)
-        await self._complete(message, job.domain, outcomes, body, conn.peer, conn.source, site)
+            provider = provider_of(self._rules[site])
+            ATTEMPT_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        await self._complete(
+            message, job.domain, outcomes, body, conn.peer, conn.source, site, job.pool
+        )
 
     async def _fail_job(self, job: Job, kind: Kind, status: str, reply: str, remote: str) -> None:
         message = self._messages.get(job.qid)
@@ -726,7 +737,7 @@ class DeliveryEngine:
             return
         indices = [i for i in job.rcpts if message.recipients[i].status == "pending"]
         outcomes = [Outcome(i, kind, status, reply, remote) for i in indices]
-        await self._complete(message, job.domain, outcomes, None, "")
+        await self._complete(message, job.domain, outcomes, None, "", pool=job.pool)
 
     # -- outcomes --------------------------------------------------------------
 
@@ -739,6 +750,7 @@ class DeliveryEngine:
         peer_ip: str,
         source: str = "",
         site: str = "",
+        pool: str = "",
     ) -> None:
         env = message.envelope
         now = time.time()
@@ -792,6 +804,16 @@ class DeliveryEngine:
                 fields["source"] = source
             if bounce_class:
                 fields["bounce_class"] = bounce_class
+            RECIPIENT_OUTCOMES.labels(
+                kind,
+                provider_of(self._rules[site]) if site in self._rules else "none",
+                pool or "default",
+                source or "none",
+                bounded("tenant", env.tenant or "none"),
+                bounce_class or "none",
+            ).inc()
+            if kind != "deferred":
+                QUEUE_SECONDS.labels(kind).observe(now - env.received_at)
             if "n" in record:
                 fields["next_attempt"] = record["n"]
             event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)

@@ -95,6 +95,8 @@ class Suppression:
         entry = self.lookup(recipient, envelope.sender_domain)
         if entry is None:
             return None
+        if self.context:
+            self.context.count("suppression_hit", kind=str(entry["reason"]))
         return Decision.reject(f"Recipient is on a suppression list ({entry['reason']})")
 
     @hookimpl

@@ -112,6 +112,9 @@ class Warmup:
         key = f"{date}|{source}|{provider}"
         self.counts[key] = self.counts.get(key, 0) + 1
         self.dirty.add(key)
+        if self.context is not None:  # share of today's cap used, for the dashboards
+            used = self.counts[key] / max(1, self.cap(source))
+            self.context.gauge("cap_used_ratio", used, kind=f"{source}:{provider}")
 
     # -- life cycle ---------------------------------------------------------------
 
