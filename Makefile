@@ -29,11 +29,13 @@ build: setup
 
 # Debian packages the tests use: nsd (real DNS server for test zones),
 # postfix (smtp-source/smtp-sink for the benchmark), opendkim (an independent
-# DKIM verifier for the tests).
+# DKIM verifier for the tests), prometheus (scrapes a gateway to check the
+# metrics and every dashboard query).
 system-deps:
 	@command -v nsd >/dev/null && command -v smtp-source >/dev/null && \
-	  command -v opendkim >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nsd postfix opendkim >/dev/null)
+	  command -v opendkim >/dev/null && command -v prometheus >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    nsd postfix opendkim prometheus >/dev/null)
 
 lint: setup
 	cargo fmt --all --check
