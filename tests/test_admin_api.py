@@ -34,3 +34,15 @@ def test_without_a_configured_token_one_is_made_and_kept_private(
         assert len(token) >= 32
         assert token_file.stat().st_mode & 0o077 == 0
         assert admin_request(gw.admin_port, token, "GET", "/admin/holds") == (200, [])
+
+
+def test_every_metric_is_documented() -> None:
+    import re
+
+    from gateway import metrics, state_metrics
+
+    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    source = Path(metrics.__file__).read_text() + Path(state_metrics.__file__).read_text()
+    names = set(re.findall(r'"(gateway_[a-z_]+)"', source))
+    assert len(names) > 20
+    assert sorted(n for n in names if f"`{n}`" not in doc) == []
