@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.accounting import account
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import FIELDS, Scope
@@ -125,7 +126,9 @@ def add_routes(app: Any, engine: DeliveryEngine, keeper: HoldKeeper) -> None:
             return web.json_response({"error": str(exc)}, status=400)
         seconds = body.get("seconds")
         until = time.time() + float(seconds) if seconds is not None else math.inf
-        keeper.suspend(scope, until, str(body.get("reason") or "suspended by an operator"))
+        reason = str(body.get("reason") or "suspended by an operator")
+        keeper.suspend(scope, until, reason)
+        account("admin", action="suspend", scope=scope.fields(), until=until, reason=reason)
         return web.json_response({"suspended": scope.fields()})
 
     async def resume(request: web.Request) -> web.Response:
@@ -133,7 +136,9 @@ def add_routes(app: Any, engine: DeliveryEngine, keeper: HoldKeeper) -> None:
             scope = _scope(await read(request))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"resumed": keeper.resume(scope)})
+        resumed = keeper.resume(scope)
+        account("admin", action="resume", scope=scope.fields(), resumed=resumed)
+        return web.json_response({"resumed": resumed})
 
     async def queues(request: web.Request) -> web.Response:
         return web.json_response({"sites": engine.queues(), "scheduled": engine.scheduled()})

@@ -9,6 +9,7 @@ import signal
 from prometheus_client import REGISTRY
 
 from gateway import __version__
+from gateway.accounting import close_accounting, open_accounting
 from gateway.admin import HoldKeeper, admin_token
 from gateway.admin import add_routes as add_admin_routes
 from gateway.config import Config
@@ -80,6 +81,7 @@ class Gateway:
         )
 
     async def start(self) -> None:
+        open_accounting(self.config.accounting, self.config.node.data_dir)
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
         self._collector = StateCollector(self.engine, lambda: len(GatewaySMTP.sessions))
         REGISTRY.register(self._collector)
@@ -167,6 +169,7 @@ class Gateway:
         self.pipeline.close()
         self.store.close()
         self.spool.close()
+        close_accounting()
         event("stopped", logging.INFO, queued=self.engine.queued_messages)
 
 

@@ -307,6 +307,16 @@ class FeedbackConfig(_Section):
         return self
 
 
+class AccountingConfig(_Section):
+    """The accounting log (docs/accounting.md)."""
+
+    enabled: bool = True
+    directory: Path | None = None  # default: <node.data_dir>/accounting
+    rotate_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    rotate_interval: Duration = 86400.0
+    keep: int = Field(default=30, ge=1)  # rotated files kept
+
+
 class PluginsConfig(_Section):
     """Which plugins run, in what order, and how long one may take."""
 
@@ -357,6 +367,7 @@ class Config(_Section):
     dkim: DkimConfig = DkimConfig()
     log: LogConfig = LogConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    accounting: AccountingConfig = AccountingConfig()
     plugins: PluginsConfig = PluginsConfig()
     # One table per plugin, checked against the plugin's own Settings model.
     plugin: dict[str, dict[str, Any]] = {}

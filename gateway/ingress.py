@@ -18,6 +18,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.accounting import account
 from gateway.config import Config
 from gateway.feedback.processor import FeedbackLoop
 from gateway.log import event
@@ -267,7 +268,9 @@ class IngressHandler:
         if not self.relay_allowed(ip):
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason="relay_denied", client=ip, rcpt=address)
-            return "550 5.7.1 Relaying denied: client not authorized"
+            reply = "550 5.7.1 Relaying denied: client not authorized"
+            account("rejected", stage="rcpt", client_ip=ip, recipient=address, reply=reply)
+            return reply
         local, _, domain = address.rpartition("@")
         if not local or not domain or "." not in domain.strip("[]"):
             envelope.rejected_rcpts += 1
@@ -284,6 +287,14 @@ class IngressHandler:
         if refusal:
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason=refusal, client=ip, rcpt=address)
+            account(
+                "rejected",
+                stage="rcpt",
+                client_ip=ip,
+                sender=_sender(envelope),
+                recipient=address,
+                reply=refusal,
+            )
             return refusal
         envelope.feedback = False
         envelope.rcpt_tos.append(address)
@@ -314,6 +325,15 @@ class IngressHandler:
             prepared.reply = await self._message_policy(session, envelope, prepared, qid)
         if prepared.reply:
             event("rejected", logging.WARNING, qid=qid, client=ip, reason=prepared.reply)
+            account(
+                "rejected",
+                stage="data",
+                qid=qid,
+                client_ip=ip,
+                sender=_sender(envelope),
+                recipients=list(envelope.rcpt_tos),
+                reply=prepared.reply,
+            )
             return prepared.reply
         scan = prepared.scan
         now = time.time()
@@ -332,6 +352,7 @@ class IngressHandler:
             tenant=prepared.tenant,
             campaign=prepared.campaign,
             stream=prepared.stream,
+            message_id=prepared.view.message_id or "",
         )
         try:
             await self._spool.store(spooled, data)
@@ -355,6 +376,21 @@ class IngressHandler:
             tenant=prepared.tenant,
             campaign=prepared.campaign,
             stream=prepared.stream,
+        )
+        account(
+            "received",
+            qid=qid,
+            time_queued=round(now, 3),
+            sender=spooled.sender,
+            recipients=spooled.recipients,
+            client_ip=ip,
+            helo=helo,
+            size=spooled.size,
+            message_id=spooled.message_id,
+            tenant=spooled.tenant,
+            campaign=spooled.campaign,
+            stream=spooled.stream,
+            dkim=prepared.signed_by,
         )
         ACCEPT_SECONDS.observe(time.perf_counter() - started)
         MESSAGES_RECEIVED.labels(bounded("tenant", prepared.tenant or "none")).inc()

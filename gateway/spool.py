@@ -58,6 +58,7 @@ class Envelope:
     tenant: str = ""
     campaign: str = ""
     stream: str = ""  # from X-Gateway-Stream: "marketing", "transactional", ...
+    message_id: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":")).encode()

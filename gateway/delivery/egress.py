@@ -78,6 +78,11 @@ class SourcePicker:
     def sources(self) -> list[Source]:
         return list(self._sources.values())
 
+    def address_of(self, name: str) -> str:
+        """A source's local address ("" when the OS picks it)."""
+        source = self._sources.get(name)
+        return (source.address or "") if source else ""
+
     def pools(self) -> dict[str, dict[str, int]]:
         return {name: dict(weights) for name, weights in self._pools.items() if name}
 

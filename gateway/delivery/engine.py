@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway._core import RateLimiter
+from gateway.accounting import account
 from gateway.config import Config
 from gateway.delivery.automation import ReplyAutomation, ReplyContext
 from gateway.delivery.dsn import Failure, build_dsn
@@ -817,6 +818,27 @@ class DeliveryEngine:
             if "n" in record:
                 fields["next_attempt"] = record["n"]
             event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
+            account(
+                "transient" if kind == "deferred" else kind,
+                qid=env.qid,
+                time_queued=round(env.received_at, 3),
+                sender=env.sender,
+                recipient=rcpt.address,
+                dsn_action={"delivered": "delivered", "deferred": "delayed"}.get(kind, "failed"),
+                dsn_status=status,
+                dsn_diag=o.reply,
+                remote_mta=o.remote,
+                remote_ip=peer_ip,
+                source=source,
+                source_ip=self.sources.address_of(source),
+                size=env.size,
+                bounce_class=bounce_class,
+                attempts=attempts,
+                tenant=env.tenant,
+                campaign=env.campaign,
+                message_id=env.message_id,
+                next_attempt=record.get("n"),
+            )
             outcomes_for_plugins.append(
                 Delivery(
                     qid=env.qid,

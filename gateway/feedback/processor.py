@@ -22,6 +22,7 @@ import re
 import time
 from typing import Any
 
+from gateway.accounting import account
 from gateway.config import FeedbackConfig
 from gateway.feedback.complaints import ComplaintMonitor, Throttle
 from gateway.feedback.reports import ComplaintReport, parse_bounce, parse_complaint
@@ -138,6 +139,19 @@ class FeedbackLoop:
             permanent=permanent,
             source=route.get("source", ""),
         )
+        account(
+            "remote_bounce",
+            qid=qid,
+            sender=sent["sender"],
+            recipient=recipient,
+            dsn_action=action or "failed",
+            dsn_status=status,
+            dsn_diag=reply,
+            source=route.get("source", ""),
+            bounce_class=bounce_class,
+            tenant=sent.get("tenant", ""),
+            campaign=sent.get("campaign", ""),
+        )
         if not permanent:
             return  # a delayed-delivery notice: nothing to act on
         delivery = Delivery(
@@ -183,6 +197,18 @@ class FeedbackLoop:
             sender_domain=sender_domain,
             source=source,
             provider=provider,
+        )
+        account(
+            "feedback",
+            qid=qid,
+            sender=sent["sender"],
+            recipient=recipient,
+            feedback_type=report.feedback_type,
+            user_agent=report.user_agent,
+            source=source,
+            provider=provider,
+            tenant=sent.get("tenant", ""),
+            campaign=sent.get("campaign", ""),
         )
         self.complaints.complaint(sender_domain, source, provider, time.time())
         await self._plugins.all(
