@@ -199,3 +199,34 @@ def test_warmup_caps_hold_and_the_overflow_goes_to_the_warm_source(
         gw.send("app@shop.test", [f"w{n}@example.test"])
     got = gw.mx.wait_for(12)
     assert Counter(m.peer for m in got) == {"127.0.0.31": 3, "127.0.0.32": 9}
+
+
+def test_the_suppression_admin_api(plugin_gateway: GatewayFactory) -> None:
+    gw = plugin_gateway(["suppression"])
+    entry = {"address": "Ann@Example.test", "scope": "shop.test", "reason": "complaint"}
+    assert gw.admin("POST", "/suppression", entry)[0] == 200
+    assert gw.admin("POST", "/suppression", {"address": "x"})[0] == 400
+    status, found = gw.admin("GET", "/suppression?address=ann@example.test")
+    assert status == 200
+    assert [(f["address"], f["scope"], f["reason"]) for f in found] == [
+        ("ann@example.test", "shop.test", "complaint")
+    ]
+    csv_rows = "address,scope,reason\n" + "".join(
+        f"u{n}@example.test,*,manual\n" for n in range(2500)
+    )
+    assert gw.admin("POST", "/suppression/import", csv_rows.encode()) == (200, {"imported": 2500})
+    bad = "address,reason\nnot-an-address,manual\n"
+    status, answer = gw.admin("POST", "/suppression/import", bad.encode())
+    assert status == 400
+    assert "line 2" in answer["error"]
+    status, exported = gw.admin("GET", "/suppression/export")
+    assert status == 200
+    lines = exported.splitlines()
+    assert lines[0] == "address,scope,reason,at,source,expires_at"
+    assert len(lines) == 1 + 2501
+    assert gw.send("app@shop.test", ["u7@example.test"]).refused
+    assert gw.admin("DELETE", "/suppression", {"address": "u7@example.test"}) == (
+        200,
+        {"removed": True},
+    )
+    assert gw.send("app@shop.test", ["u7@example.test"]).refused == {}

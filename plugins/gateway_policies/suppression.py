@@ -22,9 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
+import json
 import sys
 import time
-from typing import Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from aiohttp import web
 
 from gateway import (
     Decision,
@@ -70,6 +75,11 @@ class Suppression:
         self.context = context
         self.store = context.store
         self.settings = context.settings
+        context.admin.add("GET", "/suppression", self.http_search)
+        context.admin.add("POST", "/suppression", self.http_add)
+        context.admin.add("DELETE", "/suppression", self.http_delete)
+        context.admin.add("GET", "/suppression/export", self.http_export)
+        context.admin.add("POST", "/suppression/import", self.http_import)
 
     def lookup(self, address: str, sender_domain: str) -> dict[str, object] | None:
         """The entry that suppresses `address` for mail from `sender_domain`, if any."""
@@ -115,6 +125,77 @@ class Suppression:
     ) -> None:
         await self.add(recipient, sender_domain or GLOBAL, "unsubscribe", f"{method} {list_id}")
 
+    # -- the admin API (on the [admin] listener) -------------------------------------
+
+    async def http_search(self, request: web.Request) -> web.Response:
+        """?address=A (its entries in every list), ?scope=S&reason=R&limit=N."""
+        assert self.store is not None
+        query = request.query
+        address = query.get("address", "").strip().lower()
+        scope, reason = query.get("scope"), query.get("reason")
+        limit = min(int(query.get("limit", "100")), 10_000)
+        found = []
+        prefix = f"{scope.lower()}|" if scope else ""
+        for k, record in self.store.scan(NAMESPACE, prefix):
+            entry_scope, _, entry_address = k.partition("|")
+            if address and entry_address != address:
+                continue
+            if reason and record.get("reason") != reason:
+                continue
+            found.append({"address": entry_address, "scope": entry_scope, **record})
+            if len(found) >= limit:
+                break
+        return web.json_response(found)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as exc:
+            raise web.HTTPBadRequest(text=f"not JSON: {exc}") from None
+        if not isinstance(body, dict) or "@" not in str(body.get("address", "")):
+            raise web.HTTPBadRequest(text='{"error": "address is required"}')
+        return body
+
+    async def http_add(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        reason = body.get("reason", "manual")
+        if reason not in REASONS:
+            return web.json_response({"error": f"reason: one of {REASONS}"}, status=400)
+        scope = str(body.get("scope") or GLOBAL).lower()
+        await self.add(str(body["address"]), scope, reason, str(body.get("source", "admin api")))
+        return web.json_response({"suppressed": body["address"], "scope": scope})
+
+    async def http_delete(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+        body = await self._body(request)
+        scope = str(body.get("scope") or GLOBAL).lower()
+        removed = await self.store.delete(NAMESPACE, key(scope, str(body["address"])))
+        return web.json_response({"removed": removed})
+
+    async def http_export(self, request: web.Request) -> web.StreamResponse:
+        assert self.store is not None
+        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+        await response.prepare(request)
+        for chunk in export_rows(self.store):
+            await response.write(chunk.encode())
+        await response.write_eof()
+        return response
+
+    async def http_import(self, request: web.Request) -> web.Response:
+        assert self.store is not None
+
+        async def lines() -> AsyncIterator[str]:
+            async for raw in request.content:
+                yield raw.decode("utf-8", "replace")
+
+        try:
+            count = await import_lines(self.store, lines())
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if self.context:
+            self.context.log("suppression_import", rows=count)
+        return web.json_response({"imported": count})
+
 
 plugin = Suppression()
 
@@ -122,35 +203,74 @@ plugin = Suppression()
 # -- CSV import and export ----------------------------------------------------
 
 
-def export_csv(store: PolicyStore, out: object) -> int:
-    writer = csv.DictWriter(out, FIELDS)  # type: ignore[arg-type]
+BATCH = 10_000  # rows per transaction on import
+
+
+def export_rows(store: PolicyStore) -> Iterator[str]:
+    """The suppression lists as CSV text, a header and then one line per entry."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")
     writer.writeheader()
-    count = 0
     for k, record in store.scan(NAMESPACE):
         scope, _, address = k.partition("|")
         writer.writerow({"address": address, "scope": scope, **record})
-        count += 1
+        if out.tell() > 64 * 1024:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
+
+
+def _item(row: dict[str, str], line: int) -> tuple[str, dict[str, Any], float | None]:
+    reason = row.get("reason") or "manual"
+    if reason not in REASONS:
+        raise ValueError(f"line {line}: reason must be one of {', '.join(REASONS)}")
+    address = (row.get("address") or "").strip()
+    if "@" not in address:
+        raise ValueError(f"line {line}: not an address: {address!r}")
+    expires = float(row["expires_at"]) if row.get("expires_at") else None
+    record = {
+        "reason": reason,
+        "at": float(row.get("at") or time.time()),
+        "source": row.get("source") or "csv import",
+        "expires_at": expires,
+    }
+    return key(row.get("scope") or GLOBAL, address), record, expires
+
+
+async def import_lines(store: PolicyStore, lines: AsyncIterator[str] | Iterator[str]) -> int:
+    """Import CSV lines (a header first) in transactions of BATCH rows; returns
+    how many. A bad row stops the import with its line number; the batches
+    before it are kept."""
+    header: list[str] | None = None
+    pending: list[tuple[str, dict[str, Any], float | None]] = []
+    count, number = 0, 0
+
+    async def each() -> AsyncIterator[str]:
+        if isinstance(lines, Iterator):
+            for line in lines:
+                yield line
+        else:
+            async for line in lines:
+                yield line
+
+    async for line in each():
+        number += 1
+        if not line.strip():
+            continue
+        if header is None:
+            header = next(csv.reader([line]))
+            continue
+        values = next(csv.reader([line]))
+        pending.append(_item(dict(zip(header, values, strict=False)), number))
+        if len(pending) >= BATCH:
+            await store.put_many(NAMESPACE, pending)
+            count += len(pending)
+            pending = []
+    if pending:
+        await store.put_many(NAMESPACE, pending)
+        count += len(pending)
     return count
-
-
-async def import_csv(store: PolicyStore, lines: list[str]) -> int:
-    items = []
-    for n, row in enumerate(csv.DictReader(lines), start=2):
-        reason = row.get("reason") or "manual"
-        if reason not in REASONS:
-            raise ValueError(f"line {n}: reason must be one of {', '.join(REASONS)}")
-        if "@" not in (row.get("address") or ""):
-            raise ValueError(f"line {n}: not an address: {row.get('address')!r}")
-        expires = float(row["expires_at"]) if row.get("expires_at") else None
-        record = {
-            "reason": reason,
-            "at": float(row.get("at") or time.time()),
-            "source": row.get("source") or "csv import",
-            "expires_at": expires,
-        }
-        items.append((key(row.get("scope") or GLOBAL, row["address"]), record, expires))
-    await store.put_many(NAMESPACE, items)
-    return len(items)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,14 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(str(config.store_path))
     try:
         if args.command == "export":
-            count = export_csv(store, sys.stdout)
+            count = -1  # the header
+            for chunk in export_rows(store):
+                sys.stdout.write(chunk)
+                count += chunk.count("\n")
+        elif args.file in (None, "-"):
+            count = asyncio.run(import_lines(store, iter(sys.stdin)))
         else:
-            if args.file in (None, "-"):
-                text = sys.stdin.read()
-            else:
-                with open(args.file, newline="") as handle:
-                    text = handle.read()
-            count = asyncio.run(import_csv(store, text.splitlines()))
+            with open(args.file, newline="") as handle:
+                count = asyncio.run(import_lines(store, iter(handle)))
     except ValueError as exc:
         print(f"suppression: {exc}", file=sys.stderr)
         return 2
