@@ -7,6 +7,8 @@ token), and suspensions that last until an operator lifts them.
                            "reason": "..."}
     POST /admin/resume    {"scope": {...}}
     GET  /admin/queues                sites with mail ready, their holds and waits
+    POST /admin/messages?sender=S&rcpt=R[&rcpt=R2]   body: the raw message
+                                      injected like an SMTP submission; its queue ID
     GET  /admin/explain/{qid}         why a message waits
 
 A suspension without an end (an operator's, or complaint-rate throttling's)
@@ -20,6 +22,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import secrets
 import time
 from typing import Any
@@ -30,6 +33,8 @@ from gateway.accounting import account
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import FIELDS, Scope
+from gateway.ingress import IngressHandler, Submission
+from gateway.plugin import SessionInfo
 from gateway.store import PolicyStore
 
 NAMESPACE = "holds"
@@ -96,8 +101,43 @@ def _scope(body: Any) -> Scope:
     return Scope(**{k: str(v) for k, v in fields.items()})
 
 
-def add_routes(app: Any, engine: DeliveryEngine, keeper: HoldKeeper) -> None:
+_QID = re.compile(r"queued as ([0-9A-Z]{16})")
+
+
+def add_routes(
+    app: Any, engine: DeliveryEngine, keeper: HoldKeeper, ingress: IngressHandler
+) -> None:
     """Register the admin routes on the HTTP listener (`app.add(method, path, handler)`)."""
+
+    async def inject(request: web.Request) -> web.Response:
+        """POST /admin/messages?sender=S&rcpt=R&rcpt=R2 with the raw message as body:
+        the same checks, signing and queueing as SMTP; the queue ID back."""
+        sender = request.query.get("sender", "")
+        recipients = request.query.getall("rcpt", [])
+        if not recipients or any("@" not in r for r in recipients):
+            return web.json_response({"error": "one rcpt=address or more"}, status=400)
+        if sender and "@" not in sender:
+            return web.json_response({"error": "sender must be user@domain or empty"}, status=400)
+        raw = await request.read()
+        session = SessionInfo(request.remote or "", "http-injection", "admin")
+        submission = Submission(sender, recipients, session, not raw.isascii(), "HTTP")
+        refused = {}
+        for rcpt in recipients:
+            refusal = await ingress.check_recipient(submission, rcpt)
+            if refusal:
+                refused[rcpt] = refusal
+        accepted = [r for r in recipients if r not in refused]
+        if not accepted:
+            return web.json_response({"qid": None, "refused": refused}, status=422)
+        submission.recipients = accepted
+        reply = await ingress.accept(submission, raw)
+        found = _QID.search(reply)
+        account("admin", action="inject", sender=sender, recipients=accepted, reply=reply)
+        status = 200 if found else (503 if reply.startswith("4") else 422)
+        return web.json_response(
+            {"qid": found.group(1) if found else None, "refused": refused, "reply": reply},
+            status=status,
+        )
 
     async def holds(request: web.Request) -> web.Response:
         now = time.time()
@@ -149,6 +189,7 @@ def add_routes(app: Any, engine: DeliveryEngine, keeper: HoldKeeper) -> None:
             return web.json_response({"error": "no such message in the queue"}, status=404)
         return web.json_response(found)
 
+    app.add("POST", "/admin/messages", inject)
     app.add("GET", "/admin/holds", holds)
     app.add("POST", "/admin/suspend", suspend)
     app.add("POST", "/admin/resume", resume)

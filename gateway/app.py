@@ -43,6 +43,7 @@ class Gateway:
             token=admin_token(config),
             open_paths=() if config.admin.metrics_need_token else ("/metrics",),
             name="admin",
+            max_body=config.smtp.max_message_size,  # injected messages
         )
         self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
         self.keeper = HoldKeeper(self.engine, self.store)
@@ -86,7 +87,7 @@ class Gateway:
         self._collector = StateCollector(self.engine, lambda: len(GatewaySMTP.sessions))
         REGISTRY.register(self._collector)
         self.admin.add("GET", "/metrics", metrics_page)
-        add_admin_routes(self.admin, self.engine, self.keeper)
+        add_admin_routes(self.admin, self.engine, self.keeper, self.handler)
         await self.http.start()
         await self.admin.start()
         restored = self.keeper.restore()

@@ -25,14 +25,19 @@ MAX_BODY = 64 * 1024
 
 class HttpServer:
     def __init__(
-        self, listen: str, token: str = "", open_paths: tuple[str, ...] = (), name: str = "http"
+        self,
+        listen: str,
+        token: str = "",
+        open_paths: tuple[str, ...] = (),
+        name: str = "http",
+        max_body: int = MAX_BODY,
     ) -> None:
         """With `token`, every request but those to `open_paths` needs
         `Authorization: Bearer TOKEN` (compared in constant time)."""
         self._listen = listen
         self._name = name
         middlewares = [_token_auth(token, open_paths)] if token else []
-        self.app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+        self.app = web.Application(client_max_size=max_body, middlewares=middlewares)
         self._runner: web.AppRunner | None = None
 
     def add(self, method: str, path: str, handler: Handler) -> None:

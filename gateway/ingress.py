@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -57,6 +58,17 @@ _DEFAULT_ENHANCED = {
     555: "5.5.4",
 }
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class Submission:
+    """A message handed to us, by SMTP or over HTTP: who sent it, to whom."""
+
+    sender: str  # "" for <>
+    recipients: list[str]
+    session: SessionInfo
+    smtputf8: bool = False
+    protocol: str = ""  # for the Received header; "" means (UTF8)ESMTP
 
 
 class GatewayEnvelope(Envelope):
@@ -309,7 +321,6 @@ class IngressHandler:
             self.in_data -= 1
 
     async def _queue(self, session: Session, envelope: Envelope) -> str:
-        started = time.perf_counter()
         raw: bytes = envelope.original_content or b""
         if isinstance(envelope, GatewayEnvelope) and envelope.feedback and self._feedback:
             try:
@@ -317,12 +328,36 @@ class IngressHandler:
             except Exception:
                 event("feedback_error", logging.ERROR, exc=True, client=_peer_ip(session))
                 return "451 4.3.0 Could not process the report; try again later"
+        submission = Submission(
+            sender=_sender(envelope),
+            recipients=list(envelope.rcpt_tos),
+            session=_session_info(session),
+            smtputf8=bool(envelope.smtp_utf8),
+        )
+        return await self.accept(submission, raw)
+
+    async def check_recipient(self, submission: Submission, recipient: str) -> str | None:
+        """The plugins' refusal of one recipient (RCPT time), or None."""
+        return await self._decide(
+            "rcpt",
+            "smtp_rcpt_to",
+            session=submission.session,
+            envelope=EnvelopeInfo(
+                sender=submission.sender, recipients=tuple(submission.recipients)
+            ),
+            recipient=recipient,
+        )
+
+    async def accept(self, submission: Submission, raw: bytes) -> str:
+        """Prepare, check, sign and spool a message whose recipients were
+        accepted; the final reply (250 with the queue ID, or a refusal)."""
+        started = time.perf_counter()
         qid = self._spool.new_qid()
-        ip = _peer_ip(session)
-        helo = session.host_name or ""
-        prepared = await self._pipeline.prepare(raw, qid=qid, smtputf8=bool(envelope.smtp_utf8))
+        ip, helo = submission.session.client_ip, submission.session.helo
+        sender, recipients = submission.sender, submission.recipients
+        prepared = await self._pipeline.prepare(raw, qid=qid, smtputf8=submission.smtputf8)
         if not prepared.reply:
-            prepared.reply = await self._message_policy(session, envelope, prepared, qid)
+            prepared.reply = await self._message_policy(submission, prepared, qid)
         if prepared.reply:
             event("rejected", logging.WARNING, qid=qid, client=ip, reason=prepared.reply)
             account(
@@ -330,24 +365,24 @@ class IngressHandler:
                 stage="data",
                 qid=qid,
                 client_ip=ip,
-                sender=_sender(envelope),
-                recipients=list(envelope.rcpt_tos),
+                sender=sender,
+                recipients=recipients,
                 reply=prepared.reply,
             )
             return prepared.reply
         scan = prepared.scan
         now = time.time()
-        trace = _received_header(self._config.node.hostname, helo, ip, qid, envelope, now)
+        trace = _received_header(self._config.node.hostname, submission, qid, now)
         data = trace + prepared.data
         spooled = SpoolEnvelope(
             qid=qid,
-            sender=_sender(envelope),
-            recipients=list(envelope.rcpt_tos),
+            sender=sender,
+            recipients=list(recipients),
             received_at=now,
             client_ip=ip,
             helo=helo,
             size=len(data),
-            smtputf8=bool(envelope.smtp_utf8),
+            smtputf8=submission.smtputf8,
             body_8bit=scan.has_8bit,
             tenant=prepared.tenant,
             campaign=prepared.campaign,
@@ -398,13 +433,13 @@ class IngressHandler:
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def _message_policy(
-        self, session: Session, envelope: Envelope, prepared: Prepared, qid: str
+        self, submission: Submission, prepared: Prepared, qid: str
     ) -> str | None:
         """smtp_data decides; message_headers add fields; then the message is signed.
         The refusal reply, or None."""
         info = EnvelopeInfo(
-            sender=_sender(envelope),
-            recipients=tuple(envelope.rcpt_tos),
+            sender=submission.sender,
+            recipients=tuple(submission.recipients),
             qid=qid,
             stream=prepared.stream,
             tenant=prepared.tenant,
@@ -415,7 +450,7 @@ class IngressHandler:
             from_domains=tuple(prepared.view.author_domains),
         )
         refusal = await self._decide(
-            "data", "smtp_data", session=_session_info(session), envelope=info, message=message
+            "data", "smtp_data", session=submission.session, envelope=info, message=message
         )
         if refusal:
             return refusal
@@ -440,12 +475,12 @@ class IngressHandler:
         return prepared.reply
 
 
-def _received_header(
-    hostname: str, helo: str, ip: str, qid: str, envelope: Envelope, now: float
-) -> bytes:
+def _received_header(hostname: str, submission: Submission, qid: str, now: float) -> bytes:
     """RFC 5321 §4.4 trace header, prepended to every relayed message."""
-    protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP"
-    rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    protocol = submission.protocol or ("UTF8SMTP" if submission.smtputf8 else "ESMTP")
+    recipients = submission.recipients
+    rcpt = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    helo, ip = submission.session.helo, submission.session.client_ip
     line = (
         f"Received: from {helo or 'unknown'} ([{ip}])\r\n"
         f"\tby {hostname} (Deliverability Gateway) with {protocol} id {qid}{rcpt};\r\n"

@@ -46,3 +46,33 @@ def test_every_metric_is_documented() -> None:
     names = set(re.findall(r'"(gateway_[a-z_]+)"', source))
     assert len(names) > 20
     assert sorted(n for n in names if f"`{n}`" not in doc) == []
+
+
+def test_http_injection_queues_signs_and_applies_recipient_policy(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    from gateway.testing import Receiver
+    from tests.zones import MX
+
+    config = {**base_config, "plugins": {"enabled": ["suppression"]}}
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path, config) as gw:
+        gw.admin("POST", "/suppression", {"address": "gone@good.test"})
+        raw = b"From: app@sender.test\nTo: ann@good.test\nSubject: via HTTP\n\nhello\n"
+        status, answer = gw.admin(
+            "POST",
+            "/admin/messages?sender=app@sender.test&rcpt=ann@good.test&rcpt=gone@good.test",
+            raw,
+        )
+        assert status == 200, answer
+        assert answer["refused"] == {
+            "gone@good.test": "550 5.7.1 Recipient is on a suppression list (manual)"
+        }
+        gw.wait_event("delivered", qid=answer["qid"])
+        (got,) = mx.wait_for(1)
+        assert got.rcpt_tos == ["ann@good.test"]
+        assert b"with HTTP id " + answer["qid"].encode() in got.content
+        assert b"Subject: via HTTP\r\n" in got.content  # line endings made CRLF
+        assert gw.admin("POST", "/admin/messages?sender=a@b.test", raw)[0] == 400
+        assert (
+            admin_request(gw.admin_port, "", "POST", "/admin/messages?rcpt=a@b.test", raw)[0] == 401
+        )
