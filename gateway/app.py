@@ -27,6 +27,7 @@ from gateway.plugin_host import PluginHost
 from gateway.spool import Spool
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
+from gateway.webhooks import Webhooks
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -51,6 +52,9 @@ class Gateway:
             config.feedback, config.node.hostname, self.store, self.plugins, self.keeper
         )
         self.plugins.register_internal(self.feedback, "core.feedback")
+        self.webhooks = Webhooks(config.webhooks, self.store)
+        if config.webhooks:
+            self.plugins.register_internal(self.webhooks, "core.webhooks")
         self.engine.envelope_sender = self.feedback.envelope_sender
         self.keys = KeyStore(config.dkim)
         self.pipeline = MessagePipeline(config, self.keys)
@@ -92,6 +96,7 @@ class Gateway:
         await self.admin.start()
         restored = self.keeper.restore()
         self.feedback.sent.start()
+        self.webhooks.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
         recovered = 0
         for message in self.spool.recover():
@@ -163,6 +168,7 @@ class Gateway:
         if self._background:
             self._background.cancel()
         await self.feedback.sent.stop()
+        await self.webhooks.stop()
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()
         await self.admin.stop()

@@ -317,6 +317,21 @@ class AccountingConfig(_Section):
     keep: int = Field(default=30, ge=1)  # rotated files kept
 
 
+class WebhookConfig(_Section):
+    """One URL that receives signed batches of events (docs/webhooks.md)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field(min_length=16)
+    events: list[Literal["delivered", "deferred", "bounced", "complaint", "unsubscribe"]] = [
+        "bounced",
+        "complaint",
+        "unsubscribe",
+    ]
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    timeout: Duration = 10.0
+
+
 class PluginsConfig(_Section):
     """Which plugins run, in what order, and how long one may take."""
 
@@ -368,6 +383,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     accounting: AccountingConfig = AccountingConfig()
+    webhooks: list[WebhookConfig] = []
     plugins: PluginsConfig = PluginsConfig()
     # One table per plugin, checked against the plugin's own Settings model.
     plugin: dict[str, dict[str, Any]] = {}

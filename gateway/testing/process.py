@@ -40,9 +40,9 @@ def admin_request(
     return status, json.loads(raw) if kind == "application/json" else raw.decode()
 
 
-def dump_toml(config: dict[str, dict[str, Any]]) -> str:
+def dump_toml(config: dict[str, Any]) -> str:
     """TOML for a config dict: sections of scalars and lists, nested sections,
-    and lists of tables (`[[dkim.keys]]`)."""
+    and lists of tables (`[[dkim.keys]]`, `[[webhooks]]`)."""
     lines: list[str] = []
 
     def is_tables(value: Any) -> bool:
@@ -62,7 +62,8 @@ def dump_toml(config: dict[str, dict[str, Any]]) -> str:
                 emit(f"{prefix}.{key}", item, "[[{}]]")
 
     for section, table in config.items():
-        emit(section, table)
+        for item in table if is_tables(table) else [table]:  # [[webhooks]]: a list
+            emit(section, item, "[[{}]]" if is_tables(table) else "[{}]")
     return "\n".join(lines) + "\n"
 
 
