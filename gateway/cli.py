@@ -1,4 +1,5 @@
-"""Command line: `gateway run`, `check-config`, `dkim-records`, `check-domain`."""
+"""Command line: `gateway run`, `check-config`, `dkim-records`, `check-domain`,
+and the admin verbs (gateway/admin_cli.py) that talk to a running gateway."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gateway import admin_cli
 from gateway.config import Config, ConfigError, load_config
 from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     domain.add_argument("domain")
     domain.add_argument("--config", type=Path, help="TOML configuration file")
+    admin_cli.add_parsers(sub)
     args = parser.parse_args(argv)
 
     path = args.file if args.command == "check-config" else args.config
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             f"plugins: {', '.join(plugins.names) or 'none'})"
         )
         return 0
+    if args.command in admin_cli.VERBS:
+        return admin_cli.run(args, config)
     if args.command == "check-domain":
         findings = check_domain(config, args.domain)
         for finding in findings:

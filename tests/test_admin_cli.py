@@ -1,0 +1,49 @@
+"""The admin verbs of the `gateway` command against a running gateway."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.testing import GatewayProcess, Receiver
+from tests.zones import MX
+
+
+def cli(gw: GatewayProcess, *args: str) -> str:
+    run = [sys.executable, "-m", "gateway", *args, "--config", str(gw.config_path)]
+    out = subprocess.run(run, capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_admin_verbs(tmp_path: Path, base_config: dict[str, Any], mx_port: int) -> None:
+    config = {**base_config, "plugins": {"enabled": ["suppression"]}}
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path / "gw", config) as gw:
+        assert '"scope": "*"' in cli(gw, "suppression", "add", "ann@good.test")
+        found = cli(gw, "suppression", "search", "ann@good.test")
+        assert found.splitlines()[0].split()[:3] == ["ADDRESS", "SCOPE", "REASON"]
+        assert found.splitlines()[1].split()[:3] == ["ann@good.test", "*", "manual"]
+        rows = tmp_path / "in.csv"
+        rows.write_text("address\n" + "".join(f"r{n}@good.test\n" for n in range(300)))
+        assert cli(gw, "suppression", "import", str(rows)).strip() == "imported 300 entries"
+        exported = tmp_path / "out.csv"
+        cli(gw, "suppression", "export", str(exported))
+        assert len(exported.read_text().splitlines()) == 1 + 301
+        cli(gw, "suppression", "remove", "ann@good.test")
+        assert len(cli(gw, "suppression", "search", "ann@good.test").splitlines()) == 1
+        cli(gw, "suspend", "--site", "nowhere.test", "--seconds", "600", "--reason", "maintenance")
+        holds = cli(gw, "holds")
+        assert "site=nowhere.test" in holds
+        assert "maintenance" in holds
+        assert cli(gw, "resume", "--site", "nowhere.test").strip() == '{"resumed": true}'
+        message = tmp_path / "m.eml"
+        message.write_bytes(b"From: app@sender.test\r\nSubject: cli\r\n\r\nhi\r\n")
+        injected = cli(
+            gw, "inject", "--from", "app@sender.test", "--to", "bob@good.test", str(message)
+        )
+        assert '"qid": "' in injected
+        (got,) = mx.wait_for(1)
+        assert got.rcpt_tos == ["bob@good.test"]
+        assert cli(gw, "queue").startswith("SITE")
