@@ -6,7 +6,11 @@ token), and suspensions that last until an operator lifts them.
                            "sender_domain": ...}, "seconds": N (absent: until resumed),
                            "reason": "..."}
     POST /admin/resume    {"scope": {...}}
-    GET  /admin/queues                sites with mail ready, their holds and waits
+    GET  /admin/queues[?by=tenant|campaign|stream|sender_domain|domain|source]
+                                      sites with mail ready, their holds and waits;
+                                      or a summary by the given field
+    POST /admin/messages/remove {"match": {"tenant": ..., "domain": ...},
+                                 "action": "bounce"|"delete", "reason": ...}
     POST /admin/messages?sender=S&rcpt=R[&rcpt=R2]   body: the raw message
                                       injected like an SMTP submission; its queue ID
     GET  /admin/explain/{qid}         why a message waits
@@ -181,7 +185,30 @@ def add_routes(
         return web.json_response({"resumed": resumed})
 
     async def queues(request: web.Request) -> web.Response:
+        """?by=tenant|campaign|stream|sender_domain|domain|source for a summary by that."""
+        by = request.query.get("by")
+        if by:
+            try:
+                return web.json_response(engine.summary(by))
+            except ValueError as exc:
+                return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"sites": engine.queues(), "scheduled": engine.scheduled()})
+
+    async def drop(request: web.Request) -> web.Response:
+        """{"match": {...}, "action": "bounce" | "delete", "reason": "..."}."""
+        body = await read(request)
+        match = body.get("match") if isinstance(body, dict) else None
+        action = body.get("action") if isinstance(body, dict) else None
+        known = {"qid", "sender", "sender_domain", "tenant", "campaign", "stream", "domain"}
+        if not isinstance(match, dict) or not match or set(match) - known:
+            return web.json_response({"error": f"match: some of {sorted(known)}"}, status=400)
+        if action not in ("bounce", "delete"):
+            return web.json_response({"error": 'action: "bounce" or "delete"'}, status=400)
+        reason = str(body.get("reason") or "removed from the queue by an operator")
+        result = await engine.drop(
+            {k: str(v) for k, v in match.items()}, action == "bounce", reason
+        )
+        return web.json_response(result)
 
     async def explain(request: web.Request) -> web.Response:
         found = engine.explain(request.match_info["qid"])
@@ -194,4 +221,5 @@ def add_routes(
     app.add("POST", "/admin/suspend", suspend)
     app.add("POST", "/admin/resume", resume)
     app.add("GET", "/admin/queues", queues)
+    app.add("POST", "/admin/messages/remove", drop)
     app.add("GET", "/admin/explain/{qid}", explain)

@@ -1,6 +1,7 @@
 """`gateway` verbs that talk to a running gateway's admin API.
 
-    gateway queue                         sites with mail waiting, holds, waits
+    gateway queue [--by tenant|campaign|stream|sender_domain|domain|source]
+    gateway remove --tenant T [--domain D ...] --action bounce|delete
     gateway explain QID                   why a message waits
     gateway holds                         suspensions in force
     gateway suspend --site S [--seconds N] [--reason R]   (also --provider,
@@ -122,7 +123,15 @@ def add_parsers(sub: Any) -> None:
         parser.add_argument("--config", type=Path, help="TOML configuration file")
         return parser
 
-    with_config(sub.add_parser("queue", help="sites with mail waiting"))
+    queue = with_config(sub.add_parser("queue", help="sites with mail waiting"))
+    queue.add_argument(
+        "--by", choices=["tenant", "campaign", "stream", "sender_domain", "domain", "source"]
+    )
+    remove = with_config(sub.add_parser("remove", help="bounce or delete queued messages"))
+    for field in ("qid", "sender", "sender_domain", "tenant", "campaign", "stream", "domain"):
+        remove.add_argument(f"--{field.replace('_', '-')}", dest=field)
+    remove.add_argument("--action", choices=["bounce", "delete"], required=True)
+    remove.add_argument("--reason", default="")
     with_config(sub.add_parser("holds", help="suspensions in force"))
     explain = with_config(sub.add_parser("explain", help="why a message waits"))
     explain.add_argument("qid")
@@ -144,12 +153,27 @@ def add_parsers(sub: Any) -> None:
     inject.add_argument("file", type=Path)
 
 
-VERBS = {"queue", "holds", "explain", "suspend", "resume", "suppression", "inject"}
+VERBS = {"queue", "remove", "holds", "explain", "suspend", "resume", "suppression", "inject"}
+MATCH = ("qid", "sender", "sender_domain", "tenant", "campaign", "stream", "domain")
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     api = AdminClient(config)
-    if args.command == "queue":
+    if args.command == "queue" and args.by:
+        rows = api.call("GET", f"/admin/queues?by={args.by}")
+        columns = (
+            ["source", "connections", "waiting"]
+            if args.by == "source"
+            else [args.by, "messages", "recipients"]
+        )
+        print(table(rows, columns))
+    elif args.command == "remove":
+        match = {f: getattr(args, f) for f in MATCH if getattr(args, f)}
+        if not match:
+            raise SystemExit("gateway: say which: --tenant, --domain, --qid, ...")
+        request = {"match": match, "action": args.action, "reason": args.reason}
+        print(json.dumps(api.call("POST", "/admin/messages/remove", request)))
+    elif args.command == "queue":
         answer = api.call("GET", "/admin/queues")
         columns = ["site", "provider", "ready", "oldest", "connections", "held_until", "why"]
         print(table(answer["sites"], columns))

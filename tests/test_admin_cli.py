@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway.testing import GatewayProcess, Receiver
+from tests.helpers import make_message, send
 from tests.zones import MX
 
 
@@ -47,3 +49,35 @@ def test_the_admin_verbs(tmp_path: Path, base_config: dict[str, Any], mx_port: i
         (got,) = mx.wait_for(1)
         assert got.rcpt_tos == ["bob@good.test"]
         assert cli(gw, "queue").startswith("SITE")
+
+
+def test_summaries_and_removing_queued_mail(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """Mail to down.test waits (nothing listens there); the operator sees it by
+    tenant, bounces one tenant's (the sender gets DSNs) and deletes the rest."""
+    config = {**base_config, "plugins": {"enabled": []}}
+    with (
+        Receiver(MX["sender"], mx_port) as sender_mx,
+        GatewayProcess(tmp_path / "gw", config) as gw,
+    ):
+        for n, tenant in enumerate(["shop", "shop", "blog"]):
+            data = make_message(f"m{n}").replace(
+                b"Subject:", f"X-Gateway-Tenant: {tenant}\r\nSubject:".encode()
+            )
+            qid = send(gw.port, "app@sender.test", [f"r{n}@down.test"], data)
+            gw.wait_event("deferred", qid=qid)
+        by_tenant = cli(gw, "queue", "--by", "tenant").splitlines()
+        assert by_tenant[0].split() == ["TENANT", "MESSAGES", "RECIPIENTS"]
+        assert sorted(line.split() for line in by_tenant[1:]) == [
+            ["blog", "1", "1"],
+            ["shop", "2", "2"],
+        ]
+        bounced = cli(
+            gw, "remove", "--tenant", "shop", "--action", "bounce", "--reason", "campaign withdrawn"
+        )
+        assert len(json.loads(bounced)["bounced"]) == 2
+        dsns = sender_mx.wait_for(2)
+        assert all(b"campaign withdrawn" in m.content for m in dsns)
+        cli(gw, "remove", "--tenant", "blog", "--action", "delete")
+        assert cli(gw, "queue", "--by", "tenant").splitlines()[1:] == []

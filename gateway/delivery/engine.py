@@ -455,6 +455,86 @@ class DeliveryEngine:
         ]
         return round(now - min(received), 3) if received else None
 
+    def summary(self, by: str) -> list[dict[str, Any]]:
+        """Messages and pending recipients in the queue, grouped by `by`: tenant,
+        campaign, stream, sender_domain or domain (of the recipients); or, for
+        `source`, open connections and what each source waits for."""
+        if by == "source":
+            rows: dict[str, dict[str, Any]] = {}
+            for (source, _), count in self._active.items():
+                rows.setdefault(source, {"source": source, "connections": 0, "waiting": []})
+                rows[source]["connections"] += count
+            for (source, site), (_, why) in self._waits.items():
+                row = rows.setdefault(source, {"source": source, "connections": 0, "waiting": []})
+                row["waiting"].append(f"{site}: {why}")
+            return sorted(rows.values(), key=lambda r: r["source"])
+        groups: dict[str, dict[str, Any]] = {}
+        for message in self._messages.values():
+            env = message.envelope
+            pending = [r for r in message.recipients if r.status == "pending"]
+            if by == "domain":
+                keys = {domain_of(r.address) for r in pending}
+            elif by == "sender_domain":
+                keys = {env.sender.rpartition("@")[2].lower()}
+            elif by in ("tenant", "campaign", "stream"):
+                keys = {getattr(env, by)}
+            else:
+                raise ValueError("by: tenant, campaign, stream, sender_domain, domain or source")
+            for key in keys:
+                row = groups.setdefault(key, {by: key, "messages": 0, "recipients": 0})
+                row["messages"] += 1
+                row["recipients"] += sum(
+                    1 for r in pending if by != "domain" or domain_of(r.address) == key
+                )
+        return sorted(groups.values(), key=lambda r: -r["recipients"])
+
+    def matching(self, match: dict[str, str]) -> list[SpooledMessage]:
+        """Queued messages matching every given field: qid, sender, sender_domain,
+        tenant, campaign, stream, domain (some recipient's)."""
+        found = []
+        for message in self._messages.values():
+            env = message.envelope
+            values = {
+                "qid": env.qid,
+                "sender": env.sender.lower(),
+                "sender_domain": env.sender.rpartition("@")[2].lower(),
+                "tenant": env.tenant,
+                "campaign": env.campaign,
+                "stream": env.stream,
+            }
+            domains = {domain_of(r.address) for r in message.recipients}
+            if all(
+                (v.lower() in domains) if k == "domain" else values.get(k) == v
+                for k, v in match.items()
+            ):
+                found.append(message)
+        return found
+
+    async def drop(self, match: dict[str, str], bounce: bool, reason: str) -> dict[str, Any]:
+        """Take matching messages out of the queue: `bounce` fails their pending
+        recipients (a DSN goes to the sender), else they are deleted silently.
+        Messages being sent right now are left alone and reported as busy."""
+        done, busy = [], []
+        for message in self.matching(match):
+            qid = message.qid
+            if any(key[0] == qid for key in self._inflight):
+                busy.append(qid)
+                continue
+            pending = [i for i, r in enumerate(message.recipients) if r.status == "pending"]
+            if bounce:
+                by_domain: dict[str, list[int]] = defaultdict(list)
+                for i in pending:
+                    by_domain[domain_of(message.recipients[i].address)].append(i)
+                for domain, indices in by_domain.items():
+                    outcomes = [Outcome(i, "bounced", "5.3.0", reason, "") for i in indices]
+                    await self._complete(message, domain, outcomes, None, "")
+            else:
+                self._messages.pop(qid, None)
+                await self._spool.remove(qid)
+            done.append(qid)
+            account("admin", action="bounce" if bounce else "delete", qid=qid, reason=reason)
+        return {"bounced" if bounce else "deleted": done, "busy": busy}
+
     def scheduled(self) -> dict[str, Any]:
         """The scheduled queue: jobs waiting for a next attempt, in all and per domain."""
         return {
