@@ -33,11 +33,13 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.accounting import account
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import FIELDS, Scope
 from gateway.ingress import IngressHandler, Submission
+from gateway.openapi import document
 from gateway.plugin import SessionInfo
 from gateway.store import PolicyStore
 
@@ -216,6 +218,10 @@ def add_routes(
             return web.json_response({"error": "no such message in the queue"}, status=404)
         return web.json_response(found)
 
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document(__version__))
+
+    app.add("GET", "/admin/openapi.json", openapi)
     app.add("POST", "/admin/messages", inject)
     app.add("GET", "/admin/holds", holds)
     app.add("POST", "/admin/suspend", suspend)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
+from gateway.admin import add_routes
+from gateway.app import Gateway
+from gateway.config import Config
+from gateway.http import metrics_page
+from gateway.openapi import PATHS
 from gateway.testing import GatewayProcess
 from gateway.testing.process import admin_request
 
@@ -76,3 +83,35 @@ def test_http_injection_queues_signs_and_applies_recipient_policy(
         assert (
             admin_request(gw.admin_port, "", "POST", "/admin/messages?rcpt=a@b.test", raw)[0] == 401
         )
+
+
+def test_the_openapi_description_covers_exactly_the_routes(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    config = {**base_config, "plugins": {"enabled": ["suppression", "consent"]}}
+    with GatewayProcess(tmp_path, config) as gw:
+        status, spec = gw.admin("GET", "/admin/openapi.json")
+    assert status == 200
+    assert spec["openapi"] == "3.1.0"
+    described = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    assert spec["paths"] == json.loads(json.dumps(PATHS))
+    # The routes the admin listener really has (read from a gateway in this process).
+    assert described == served_routes(config, tmp_path / "probe")
+
+
+def served_routes(config: dict[str, Any], workdir: Path) -> set[tuple[str, str]]:
+    """The (path, method) pairs a gateway with this config serves on the admin
+    listener, read from its router (built in this process, not started)."""
+    cfg = Config.model_validate({**config, "node": {"data_dir": str(workdir)}})
+    gw = Gateway(cfg)
+    gw.admin.add("GET", "/metrics", metrics_page)
+    add_routes(gw.admin, gw.engine, gw.keeper, gw.handler)
+    contexts = {name: gw._context(name) for name in gw.plugins.names}
+    asyncio.run(gw.plugins.startup(contexts))
+    gw.store.close()
+    return {
+        (resource.canonical, route.method)
+        for resource in gw.admin.app.router.resources()
+        for route in resource
+        if route.method != "HEAD"
+    }

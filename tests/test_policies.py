@@ -68,6 +68,14 @@ def test_suppressed_and_consentless_recipients_are_refused_at_rcpt(
              "source": "https://shop.test/signup"},
         )  # fmt: skip
         assert status == 200
+    status, records = gw.admin("GET", "/consent?recipient=ann@example.test")
+    assert status == 200
+    assert [(r["list"], r["method"], r["source"]) for r in records] == [
+        ("news.shop.test", "single-opt-in", "https://shop.test/signup")
+    ]
+    status, exported = gw.admin("GET", "/consent/export")
+    assert exported.splitlines()[0].startswith("recipient,list,method,recorded_at")
+    assert len(exported.splitlines()) == 3
     # Suppress carl through the CSV import while the gateway runs.
     suppression_cli(gw, "import", "-", stdin="address,reason\ncarl@example.test,manual\n")
     time.sleep(1.2)  # the gateway notices another process's writes within a second

@@ -11,6 +11,8 @@ how many recipients lack consent). Transactional streams are never checked.
 
 Recording, over the [admin] listener (with its bearer token):
 
+    GET  /consent?recipient=R&list=L   the records (search)
+    GET  /consent/export               every record, CSV
     POST /consent          {"recipient", "list", "method", "source", "confirmed_at"?}
     POST /consent/confirm  {"recipient", "list", "source"}   (a double opt-in click)
     DELETE /consent        {"recipient", "list"}             (withdrawn)
@@ -18,6 +20,8 @@ Recording, over the [admin] listener (with its bearer token):
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from typing import Any, Literal
@@ -72,6 +76,8 @@ class Consent:
         context.admin.add("POST", "/consent", self.http_record)
         context.admin.add("POST", "/consent/confirm", self.http_confirm)
         context.admin.add("DELETE", "/consent", self.http_withdraw)
+        context.admin.add("GET", "/consent", self.http_search)
+        context.admin.add("GET", "/consent/export", self.http_export)
 
     # -- the checks ---------------------------------------------------------------
 
@@ -186,6 +192,43 @@ class Consent:
             return web.json_response({"error": "no consent on record"}, status=404)
         await self.store.put(NAMESPACE, k, {**record, "withdrawn_at": time.time()})
         return web.json_response({"withdrawn": True})
+
+    async def http_search(self, request: web.Request) -> web.Response:
+        """?recipient=R and/or ?list=L (limit=N): the consent records."""
+        assert self.store is not None
+        recipient = request.query.get("recipient", "").strip().lower()
+        list_id = request.query.get("list", "").strip().lower()
+        limit = min(int(request.query.get("limit", "100")), 10_000)
+        found = []
+        for k, record in self.store.scan(NAMESPACE, f"{list_id}|" if list_id else ""):
+            entry_list, _, entry_recipient = k.partition("|")
+            if recipient and entry_recipient != recipient:
+                continue
+            found.append({"recipient": entry_recipient, "list": entry_list, **record})
+            if len(found) >= limit:
+                break
+        return web.json_response(found)
+
+    async def http_export(self, request: web.Request) -> web.StreamResponse:
+        """Every record as CSV, streamed (proof of consent for an audit)."""
+        assert self.store is not None
+        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+        await response.prepare(request)
+        out = io.StringIO()
+        columns = ["recipient", "list", "method", "recorded_at", "confirmed_at", "source",
+                   "withdrawn_at"]  # fmt: skip
+        writer = csv.DictWriter(out, columns, extrasaction="ignore")
+        writer.writeheader()
+        for k, record in self.store.scan(NAMESPACE):
+            entry_list, _, entry_recipient = k.partition("|")
+            writer.writerow({"recipient": entry_recipient, "list": entry_list, **record})
+            if out.tell() > 64 * 1024:
+                await response.write(out.getvalue().encode())
+                out.seek(0)
+                out.truncate()
+        await response.write(out.getvalue().encode())
+        await response.write_eof()
+        return response
 
 
 plugin = Consent()
