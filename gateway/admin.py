@@ -26,7 +26,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import secrets
 import time
 from typing import Any
@@ -38,7 +37,7 @@ from gateway.accounting import account
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import FIELDS, Scope
-from gateway.ingress import IngressHandler, Submission
+from gateway.ingress import QUEUED_AS, IngressHandler, Submission
 from gateway.openapi import document
 from gateway.plugin import SessionInfo
 from gateway.store import PolicyStore
@@ -107,9 +106,6 @@ def _scope(body: Any) -> Scope:
     return Scope(**{k: str(v) for k, v in fields.items()})
 
 
-_QID = re.compile(r"queued as ([0-9A-Z]{16})")
-
-
 def add_routes(
     app: Any, engine: DeliveryEngine, keeper: HoldKeeper, ingress: IngressHandler
 ) -> None:
@@ -137,7 +133,7 @@ def add_routes(
             return web.json_response({"qid": None, "refused": refused}, status=422)
         submission.recipients = accepted
         reply = await ingress.accept(submission, raw)
-        found = _QID.search(reply)
+        found = QUEUED_AS.search(reply)
         account("admin", action="inject", sender=sender, recipients=accepted, reply=reply)
         status = 200 if found else (503 if reply.startswith("4") else 422)
         return web.json_response(

@@ -60,6 +60,10 @@ _DEFAULT_ENHANCED = {
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# The queue ID in our 250 reply to DATA ("250 2.0.0 Ok: queued as QID").
+QUEUED_AS = re.compile(r"queued as ([0-9A-Z]{16})")
+
+
 @dataclass
 class Submission:
     """A message handed to us, by SMTP or over HTTP: who sent it, to whom."""
@@ -289,13 +293,8 @@ class IngressHandler:
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
             return "452 4.5.3 Too many recipients"
-        refusal = await self._decide(
-            "rcpt",
-            "smtp_rcpt_to",
-            session=_session_info(session),
-            envelope=EnvelopeInfo(sender=_sender(envelope), recipients=tuple(envelope.rcpt_tos)),
-            recipient=address,
-        )
+        so_far = Submission(_sender(envelope), list(envelope.rcpt_tos), _session_info(session))
+        refusal = await self.check_recipient(so_far, address)
         if refusal:
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason=refusal, client=ip, rcpt=address)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import email
 import email.message
-import re
 import smtplib
 
-QID = re.compile(r"queued as ([0-9A-Z]{16})")
+from gateway.ingress import QUEUED_AS
 
 
 def make_message(subject: str = "test", body: str = "hello\r\n", sender: str = "") -> bytes:
@@ -41,7 +40,7 @@ def send(
             assert code == 250, (rcpt, code, reply)
         code, reply = client.data(data or make_message())
         assert code == 250, reply
-        match = QID.search(reply.decode())
+        match = QUEUED_AS.search(reply.decode())
         assert match, reply
         return match.group(1)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.ingress import QUEUED_AS
 from gateway.testing import DnsServer, GatewayProcess, Receiver, free_port
 from gateway.testing.dkim import (
     DkimpyVerifier,
@@ -25,7 +26,6 @@ from gateway.testing.dkim import (
     txt_zone_line,
     write_key,
 )
-from tests.helpers import QID
 from tests.zones import MX, ZONE
 
 RCPT = "dkim@good.test"
@@ -109,7 +109,7 @@ def relay(gw: GatewayProcess, mx: Receiver, data: bytes, utf8: bool = False) -> 
         assert code == 250, reply
         code, reply = client.data(data)
         assert code == 250, reply
-    qid = QID.search(reply.decode())
+    qid = QUEUED_AS.search(reply.decode())
     assert qid
     gw.wait_event("delivered", qid=qid.group(1))
     (got,) = [m for m in mx.messages if f"id {qid.group(1)}".encode() in m.content]

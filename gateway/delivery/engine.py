@@ -353,6 +353,8 @@ class DeliveryEngine:
     def _label_hold(self, site: str, job: Job, now: float) -> Hold | None:
         """A hold or lowered rate on the job's labels (tenant, campaign, sender
         domain) at `site`: until when."""
+        if not self.holds and not self._automation.rate_factors:
+            return None  # the usual case, on every message: nothing to match
         rules = self._rules[site]
         context = self._job_context(site, job)
         hold = self.holds.find(now, **context)

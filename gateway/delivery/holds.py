@@ -66,6 +66,9 @@ class Holds:
     def remove(self, scope: Scope) -> bool:
         return self._holds.pop(scope, None) is not None
 
+    def __len__(self) -> int:
+        return len(self._holds)
+
     def expire(self, now: float) -> None:
         self._holds = {s: h for s, h in self._holds.items() if h.until > now}
 

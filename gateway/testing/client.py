@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import smtplib
 from dataclasses import dataclass, field
 
-QID = re.compile(r"queued as ([0-9A-Z]{16})")
+from gateway.ingress import QUEUED_AS
 
 
 @dataclass
@@ -44,5 +43,5 @@ def send_message(
             return SendResult(None, refused)
         code, reply = client.data(data)
         text = f"{code} {reply.decode()}"
-        found = QID.search(text) if code == 250 else None
+        found = QUEUED_AS.search(text) if code == 250 else None
         return SendResult(found.group(1) if found else None, refused, text)
