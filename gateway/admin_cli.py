@@ -9,6 +9,9 @@
     gateway resume  --site S ...          lift one
     gateway suppression search ADDRESS | add ADDRESS [--scope D] [--reason R]
                     | remove ADDRESS [--scope D] | import FILE | export [FILE]
+    gateway consent search RECIPIENT [--list L] | add RECIPIENT --list L
+                    [--method M] [--source S] | confirm RECIPIENT --list L
+                    | withdraw RECIPIENT --list L | import FILE | export [FILE]
     gateway inject --from S --to R [--to R2] FILE
 
 They find the API and its token in the configuration (`[admin] listen`,
@@ -147,13 +150,25 @@ def add_parsers(sub: Any) -> None:
     suppression.add_argument("target", nargs="?", help="an address, or a CSV file")
     suppression.add_argument("--scope", default="*", help='"*" or a sender domain')
     suppression.add_argument("--reason", default="manual")
+    consent = with_config(sub.add_parser("consent", help="consent records"))
+    consent.add_argument(
+        "action", choices=["search", "add", "confirm", "withdraw", "import", "export"]
+    )
+    consent.add_argument("target", nargs="?", help="a recipient, or a CSV file")
+    consent.add_argument("--list", help="the list: a List-Id or the sender domain")
+    consent.add_argument(
+        "--method", default="single-opt-in", choices=["double-opt-in", "single-opt-in", "imported"]
+    )
+    consent.add_argument("--source", default="gateway consent", help="where consent was given")
     inject = with_config(sub.add_parser("inject", help="queue a message file over HTTP"))
     inject.add_argument("--from", dest="sender", default="")
     inject.add_argument("--to", dest="recipients", action="append", required=True)
     inject.add_argument("file", type=Path)
 
 
-VERBS = {"queue", "remove", "holds", "explain", "suspend", "resume", "suppression", "inject"}
+VERBS = {
+    "queue", "remove", "holds", "explain", "suspend", "resume", "suppression", "consent", "inject"
+}  # fmt: skip
 MATCH = ("qid", "sender", "sender_domain", "tenant", "campaign", "stream", "domain")
 
 
@@ -197,6 +212,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(api.call("POST", f"/admin/{args.command}", body)))
     elif args.command == "suppression":
         return _suppression(api, args)
+    elif args.command == "consent":
+        return _consent(api, args)
     elif args.command == "inject":
         query = urlencode([("sender", args.sender), *(("rcpt", r) for r in args.recipients)])
         with args.file.open("rb") as source:
@@ -207,24 +224,31 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _suppression(api: AdminClient, args: argparse.Namespace) -> int:
-    if args.action == "export":
-        if args.target:
-            with open(args.target, "wb") as out:
-                size = api.download("/suppression/export", out)
-            print(f"exported {size / 1e6:.1f} MB to {args.target}", file=sys.stderr)
+def _transfer(api: AdminClient, base: str, action: str, target: str | None) -> bool:
+    """CSV import and export of a list (suppression, consent); False if the
+    action is another."""
+    if action == "export":
+        if target:
+            with open(target, "wb") as out:
+                size = api.download(f"{base}/export", out)
+            print(f"exported {size / 1e6:.1f} MB to {target}", file=sys.stderr)
         else:
-            api.download("/suppression/export", sys.stdout.buffer)
-        return 0
-    if not args.target:
-        raise SystemExit(f"gateway: suppression {args.action} needs an address or a file")
-    if args.action == "import":
-        with open(args.target, "rb") as source:
-            answer = api.upload(
-                "/suppression/import", source, os.path.getsize(args.target), "text/csv"
-            )
+            api.download(f"{base}/export", sys.stdout.buffer)
+        return True
+    if not target:
+        raise SystemExit(f"gateway: {base[1:]} {action} needs an address or a file")
+    if action == "import":
+        with open(target, "rb") as source:
+            answer = api.upload(f"{base}/import", source, os.path.getsize(target), "text/csv")
         print(f"imported {answer['imported']:,} entries")
-    elif args.action == "search":
+        return True
+    return False
+
+
+def _suppression(api: AdminClient, args: argparse.Namespace) -> int:
+    if _transfer(api, "/suppression", args.action, args.target):
+        return 0
+    if args.action == "search":
         found = api.call("GET", "/suppression?" + urlencode({"address": args.target}))
         print(table(found, ["address", "scope", "reason", "at", "source", "expires_at"]))
     elif args.action == "add":
@@ -233,4 +257,25 @@ def _suppression(api: AdminClient, args: argparse.Namespace) -> int:
     else:
         entry = {"address": args.target, "scope": args.scope}
         print(json.dumps(api.call("DELETE", "/suppression", entry)))
+    return 0
+
+
+def _consent(api: AdminClient, args: argparse.Namespace) -> int:
+    if _transfer(api, "/consent", args.action, args.target):
+        return 0
+    if args.action == "search":
+        query = {"recipient": args.target, **({"list": args.list} if args.list else {})}
+        found = api.call("GET", "/consent?" + urlencode(query))
+        columns = ["recipient", "list", "method", "confirmed_at", "source", "withdrawn_at"]
+        print(table(found, columns))
+        return 0
+    if not args.list:
+        raise SystemExit(f"gateway: consent {args.action} needs --list")
+    record = {"recipient": args.target, "list": args.list, "source": args.source}
+    if args.action == "add":
+        print(json.dumps(api.call("POST", "/consent", {**record, "method": args.method})))
+    elif args.action == "confirm":
+        print(json.dumps(api.call("POST", "/consent/confirm", record)))
+    else:
+        print(json.dumps(api.call("DELETE", "/consent", record)))
     return 0

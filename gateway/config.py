@@ -330,6 +330,9 @@ class WebhookConfig(_Section):
     ]
     batch_size: int = Field(default=100, ge=1, le=10_000)
     timeout: Duration = 10.0
+    # Past this many waiting events the oldest are dropped (logged, counted),
+    # so an endpoint gone for days cannot fill the disk.
+    max_backlog: int = Field(default=1_000_000, ge=10)
 
 
 class PluginsConfig(_Section):

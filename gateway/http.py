@@ -10,6 +10,7 @@ Plugins add routes in `gateway_startup`; the listener starts after that.
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -81,3 +82,19 @@ async def metrics_page(request: web.Request) -> web.Response:
     response = web.Response(body=generate_latest())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
+
+
+async def csv_response(request: web.Request, chunks: Iterable[str]) -> web.StreamResponse:
+    """Stream CSV text to the client chunk by chunk (exports of any size)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk.encode())
+    await response.write_eof()
+    return response
+
+
+async def request_lines(request: web.Request) -> AsyncIterator[str]:
+    """The request body as text lines, read as they arrive (imports of any size)."""
+    async for raw in request.content:
+        yield raw.decode("utf-8", "replace")

@@ -128,6 +128,21 @@ DKIM_SIGN_SECONDS = Histogram(
     "Time to DKIM-sign one message (every signature it gets).",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
 )
+WEBHOOK_BACKLOG = Gauge(
+    "gateway_webhook_backlog_events",
+    "Events waiting in a webhook's durable backlog, by webhook.",
+    ["webhook"],
+)
+WEBHOOK_SENT = Counter(
+    "gateway_webhook_events_sent_total",
+    "Events a webhook's endpoint took (answered 2xx), by webhook.",
+    ["webhook"],
+)
+WEBHOOK_DROPPED = Counter(
+    "gateway_webhook_events_dropped_total",
+    "Events dropped from a full webhook backlog (max_backlog), by webhook.",
+    ["webhook"],
+)
 
 # Distinct values seen per label kind; past the cap a value is reported as "other".
 LABEL_CAP = 200

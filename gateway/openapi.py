@@ -103,6 +103,9 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/consent/confirm": {"post": _op("Record a double opt-in confirmation", JSON)},
     "/consent/export": {"get": _op("Every record as CSV, streamed", answer=CSV)},
+    "/consent/import": {
+        "post": _op("Import CSV (recipient, list, method, recorded_at, ...), streamed", CSV)
+    },
 }
 
 

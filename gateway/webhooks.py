@@ -27,6 +27,7 @@ import aiohttp
 
 from gateway.config import WebhookConfig
 from gateway.log import event
+from gateway.metrics import WEBHOOK_BACKLOG, WEBHOOK_DROPPED, WEBHOOK_SENT
 from gateway.plugin import Delivery, hookimpl
 from gateway.store import PolicyStore
 
@@ -47,31 +48,57 @@ class Webhook:
         self._store = store
         self._namespace = f"webhook:{config.name}"
         self._new: list[dict[str, Any]] = []
-        self._seq = max((int(k) for k, _ in store.scan(self._namespace)), default=0)
+        # The backlog holds the events numbered first..last, without gaps:
+        # they are added at the end and leave from the front.
+        keys = [int(k) for k, _ in store.scan(self._namespace)]
+        self._last = max(keys, default=0)
+        self._first = min(keys, default=1)
+        WEBHOOK_BACKLOG.labels(config.name).set(self.backlog)
+
+    @property
+    def backlog(self) -> int:
+        return self._last - self._first + 1
 
     def add(self, kind: str, fields: dict[str, Any]) -> None:
         if kind in self.config.events:
             self._new.append({"event": kind, "time": round(time.time(), 3), **fields})
 
     async def persist(self) -> None:
+        """Write the new events to the backlog; past `max_backlog`, the oldest
+        are dropped (logged and counted) so an endpoint that is gone for days
+        cannot fill the disk."""
         if not self._new:
             return
         batch, self._new = self._new, []
         items = []
         for record in batch:
-            self._seq += 1
-            items.append((f"{self._seq:020d}", record, None))
+            self._last += 1
+            items.append((_key(self._last), record, None))
         await self._store.put_many(self._namespace, items)
+        excess = self.backlog - self.config.max_backlog
+        if excess > 0:
+            await self._forget(excess)
+            WEBHOOK_DROPPED.labels(self.config.name).inc(excess)
+            event("webhook_dropped", logging.WARNING, webhook=self.config.name, events=excess)
+        WEBHOOK_BACKLOG.labels(self.config.name).set(self.backlog)
 
-    def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        return sorted(self._store.scan(self._namespace))[: self.config.batch_size]
+    async def _forget(self, count: int) -> None:
+        keys = [_key(n) for n in range(self._first, self._first + count)]
+        await self._store.delete_many(self._namespace, keys)
+        self._first += count
+
+    def pending(self) -> tuple[int, list[dict[str, Any]]]:
+        """The oldest events, up to a batch, and how many numbers they span."""
+        span = min(self.config.batch_size, self.backlog)
+        found = (self._store.get(self._namespace, _key(self._first + n)) for n in range(span))
+        return span, [record for record in found if record is not None]
 
     async def send(self, session: aiohttp.ClientSession) -> bool:
         """Send one batch from the backlog; True if there was one and it went."""
-        batch = self.pending()
-        if not batch:
+        span, batch = self.pending()
+        if not span:
             return False
-        body = json.dumps({"events": [r for _, r in batch]}, separators=(",", ":")).encode()
+        body = json.dumps({"events": batch}, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
             "X-Gateway-Signature": signature(self.config.secret, int(time.time()), body),
@@ -80,9 +107,14 @@ class Webhook:
         async with session.post(self.config.url, data=body, headers=headers, timeout=timeout) as r:
             if not 200 <= r.status < 300:
                 raise RuntimeError(f"{self.config.url} answered {r.status}")
-        for key, _ in batch:
-            await self._store.delete(self._namespace, key)
+        await self._forget(span)
+        WEBHOOK_BACKLOG.labels(self.config.name).set(self.backlog)
+        WEBHOOK_SENT.labels(self.config.name).inc(len(batch))
         return True
+
+
+def _key(number: int) -> str:
+    return f"{number:020d}"
 
 
 class Webhooks:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.testing import GatewayProcess, Receiver
+from gateway.testing.client import send_message
 from tests.helpers import make_message, send
 from tests.zones import MX
 
@@ -81,3 +82,56 @@ def test_summaries_and_removing_queued_mail(
         assert all(b"campaign withdrawn" in m.content for m in dsns)
         cli(gw, "remove", "--tenant", "blog", "--action", "delete")
         assert cli(gw, "queue", "--by", "tenant").splitlines()[1:] == []
+
+
+def test_the_consent_verbs_decide_what_marketing_mail_goes(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """Consent imported from CSV (a CRM's export) lets marketing mail through;
+    a withdrawn row, an unconfirmed double opt-in and a stranger are refused."""
+    config = {
+        **base_config,
+        "plugins": {"enabled": ["consent"]},
+        "plugin": {"consent": {"sender_streams": {"news.shop.test": "marketing"}}},
+    }
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path / "gw", config) as gw:
+        rows = tmp_path / "crm.csv"
+        rows.write_text(
+            "recipient,list,method,confirmed_at,source,withdrawn_at\n"
+            + "".join(f"r{n}@good.test,news.shop.test,,,crm,\n" for n in range(250))
+            + "gone@good.test,news.shop.test,single-opt-in,1700000000,crm,1750000000\n"
+        )
+        assert cli(gw, "consent", "import", str(rows)).strip() == "imported 251 entries"
+        added = cli(gw, "consent", "add", "new@good.test", "--list", "news.shop.test",
+                    "--method", "double-opt-in", "--source", "https://shop.test/form")  # fmt: skip
+        assert json.loads(added)["confirmed_at"] is None  # waits for the click
+        found = cli(gw, "consent", "search", "r7@good.test").splitlines()
+        assert found[0].split()[:3] == ["RECIPIENT", "LIST", "METHOD"]
+        assert found[1].split()[:3] == ["r7@good.test", "news.shop.test", "imported"]
+
+        rcpts = ["r7@good.test", "gone@good.test", "new@good.test", "stranger@good.test"]
+        result = send_message(gw.port, "news@news.shop.test", rcpts, make_message("c")).refused
+        assert sorted(result) == ["gone@good.test", "new@good.test", "stranger@good.test"]
+        cli(gw, "consent", "confirm", "new@good.test", "--list", "news.shop.test")
+        cli(gw, "consent", "withdraw", "r7@good.test", "--list", "news.shop.test")
+        again = ["r7@good.test", "new@good.test"]
+        result = send_message(gw.port, "news@news.shop.test", again, make_message("d")).refused
+        assert sorted(result) == ["r7@good.test"]
+        assert sorted(r for m in mx.wait_for(2) for r in m.rcpt_tos) == [
+            "new@good.test",
+            "r7@good.test",
+        ]
+
+        exported = tmp_path / "out.csv"
+        cli(gw, "consent", "export", str(exported))
+        lines = exported.read_text().splitlines()
+        assert lines[0] == "recipient,list,method,recorded_at,confirmed_at,source,withdrawn_at"
+        assert len(lines) == 1 + 252
+
+        bad = tmp_path / "bad.csv"
+        bad.write_text("recipient,list\nok@good.test,l\nnot-an-address,l\n")
+        run = [sys.executable, "-m", "gateway", "consent", "import", str(bad),
+               "--config", str(gw.config_path)]  # fmt: skip
+        out = subprocess.run(run, capture_output=True, text=True, check=False, timeout=60)
+        assert out.returncode != 0
+        assert "400: line 3: recipient (an address) and list are required" in out.stderr

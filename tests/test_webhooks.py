@@ -3,6 +3,7 @@ retries, and a backlog that survives a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -13,9 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from gateway.config import WebhookConfig
+from gateway.metrics import WEBHOOK_DROPPED
+from gateway.store import open_store
 from gateway.testing import GatewayProcess, Receiver, free_port
+from gateway.webhooks import Webhook
 from tests.helpers import send
 from tests.zones import MX
 
@@ -89,3 +95,53 @@ def test_events_are_signed_retried_and_kept_across_a_restart(
     stamp = header.split(",")[0].removeprefix("t=")
     expected = hmac.new(SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
     assert header == f"t={stamp},v1={expected}"
+
+
+def test_a_full_backlog_drops_the_oldest_and_sends_the_rest_in_order(
+    tmp_path: Path, hooked: Hooked
+) -> None:
+    """An endpoint gone for long: past max_backlog the oldest events go (counted),
+    the rest survive a restart and leave in order, a batch at a time."""
+    config = WebhookConfig(
+        name="app",
+        url=f"http://127.0.0.1:{hooked.port}/events",
+        secret=SECRET,
+        events=["delivered"],
+        batch_size=4,
+        max_backlog=10,
+    )
+    dropped = WEBHOOK_DROPPED.labels("app")
+    before = dropped._value.get()
+
+    async def fill() -> None:
+        store = open_store(str(tmp_path / "policy.db"))
+        hook = Webhook(config, store)
+        for n in range(25):
+            hook.add("delivered", {"recipient": f"r{n}@good.test"})
+            if n % 7 == 6:
+                await hook.persist()  # as the gateway does once a second
+        hook.add("bounced", {"recipient": "not-subscribed@good.test"})
+        await hook.persist()
+        assert hook.backlog == 10
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(RuntimeError, match="answered 500"):
+                await hook.send(session)
+        store.close()
+
+    async def drain() -> None:
+        store = open_store(str(tmp_path / "policy.db"))
+        hook = Webhook(config, store)  # a restart: the backlog is found again
+        assert hook.backlog == 10
+        async with aiohttp.ClientSession() as session:
+            while await hook.send(session):
+                pass
+        assert hook.backlog == 0
+        store.close()
+
+    asyncio.run(fill())
+    assert dropped._value.get() - before == 15
+    hooked.status = 200
+    asyncio.run(drain())
+    batches = [[e["recipient"] for e in payload["events"]] for payload, _, _ in hooked.received]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [r for batch in batches for r in batch] == [f"r{n}@good.test" for n in range(15, 25)]

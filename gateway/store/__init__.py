@@ -40,8 +40,12 @@ class PolicyStore(ABC):
         """Store many records in one transaction."""
 
     @abstractmethod
+    async def delete_many(self, namespace: str, keys: Sequence[str]) -> int:
+        """Remove records in one transaction; how many there were."""
+
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove a record; False if there was none."""
+        return await self.delete_many(namespace, [key]) > 0
 
     @abstractmethod
     def close(self) -> None: ...

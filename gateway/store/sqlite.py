@@ -133,12 +133,14 @@ class SqliteStore(PolicyStore):
         for key, record, expires in items:
             memory[key] = (dict(record), expires)
 
-    async def delete(self, namespace: str, key: str) -> bool:
+    async def delete_many(self, namespace: str, keys: Sequence[str]) -> int:
         changed = await self._run(
-            "DELETE FROM records WHERE namespace = ? AND key = ?", [(namespace, key)]
+            "DELETE FROM records WHERE namespace = ? AND key = ?", [(namespace, k) for k in keys]
         )
-        self._namespace(namespace).pop(key, None)
-        return changed > 0
+        memory = self._namespace(namespace)
+        for key in keys:
+            memory.pop(key, None)
+        return changed
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)

@@ -13,6 +13,7 @@ Recording, over the [admin] listener (with its bearer token):
 
     GET  /consent?recipient=R&list=L   the records (search)
     GET  /consent/export               every record, CSV
+    POST /consent/import               records from CSV (the export's columns)
     POST /consent          {"recipient", "list", "method", "source", "confirmed_at"?}
     POST /consent/confirm  {"recipient", "list", "source"}   (a double opt-in click)
     DELETE /consent        {"recipient", "list"}             (withdrawn)
@@ -20,10 +21,9 @@ Recording, over the [admin] listener (with its bearer token):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from aiohttp import web
@@ -37,7 +37,11 @@ from gateway import (
     PluginSettings,
     PolicyStore,
     SessionInfo,
+    csv_response,
+    export_csv,
     hookimpl,
+    import_csv,
+    request_lines,
 )
 
 NAMESPACE = "consent"
@@ -78,6 +82,7 @@ class Consent:
         context.admin.add("DELETE", "/consent", self.http_withdraw)
         context.admin.add("GET", "/consent", self.http_search)
         context.admin.add("GET", "/consent/export", self.http_export)
+        context.admin.add("POST", "/consent/import", self.http_import)
 
     # -- the checks ---------------------------------------------------------------
 
@@ -212,23 +217,57 @@ class Consent:
     async def http_export(self, request: web.Request) -> web.StreamResponse:
         """Every record as CSV, streamed (proof of consent for an audit)."""
         assert self.store is not None
-        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
-        await response.prepare(request)
-        out = io.StringIO()
-        columns = ["recipient", "list", "method", "recorded_at", "confirmed_at", "source",
-                   "withdrawn_at"]  # fmt: skip
-        writer = csv.DictWriter(out, columns, extrasaction="ignore")
-        writer.writeheader()
-        for k, record in self.store.scan(NAMESPACE):
-            entry_list, _, entry_recipient = k.partition("|")
-            writer.writerow({"recipient": entry_recipient, "list": entry_list, **record})
-            if out.tell() > 64 * 1024:
-                await response.write(out.getvalue().encode())
-                out.seek(0)
-                out.truncate()
-        await response.write(out.getvalue().encode())
-        await response.write_eof()
-        return response
+        return await csv_response(request, export_csv(self.store, NAMESPACE, COLUMNS, _row))
+
+    async def http_import(self, request: web.Request) -> web.Response:
+        """Records from CSV (the export's columns), e.g. moved from an ESP or CRM."""
+        assert self.store is not None
+        try:
+            count = await import_csv(self.store, NAMESPACE, request_lines(request), _item)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"imported": count})
+
+
+COLUMNS = ["recipient", "list", "method", "recorded_at", "confirmed_at", "source", "withdrawn_at"]
+
+
+def _row(k: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    entry_list, _, entry_recipient = k.partition("|")
+    return {"recipient": entry_recipient, "list": entry_list, **record}
+
+
+def _time(row: dict[str, str], column: str, line: int) -> float | None:
+    value = (row.get(column) or "").strip()
+    try:
+        return float(value) if value else None
+    except ValueError:
+        raise ValueError(f"line {line}: {column} must be Unix time, not {value!r}") from None
+
+
+def _item(row: dict[str, str], line: int) -> tuple[str, dict[str, Any], None]:
+    """A CSV row as a record. Without confirmed_at, a record other than a
+    double opt-in counts from recorded_at (or now): the importer vouches for it."""
+    recipient, list_id = (row.get("recipient") or "").strip(), (row.get("list") or "").strip()
+    if "@" not in recipient or not list_id:
+        raise ValueError(f"line {line}: recipient (an address) and list are required")
+    method = (row.get("method") or "imported").strip()
+    if method not in METHODS:
+        raise ValueError(f"line {line}: method must be one of {', '.join(METHODS)}")
+    recorded = _time(row, "recorded_at", line) or time.time()
+    confirmed = _time(row, "confirmed_at", line)
+    if confirmed is None and method != "double-opt-in":
+        confirmed = recorded
+    record: dict[str, Any] = {
+        "method": method,
+        "recorded_at": recorded,
+        "confirmed_at": confirmed,
+        "source": row.get("source") or "csv import",
+    }
+    withdrawn = _time(row, "withdrawn_at", line)
+    if withdrawn is not None:
+        record["withdrawn_at"] = withdrawn
+    return key(list_id, recipient), record, None
 
 
 plugin = Consent()

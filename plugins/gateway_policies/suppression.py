@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from aiohttp import web
@@ -39,9 +37,13 @@ from gateway import (
     PluginContext,
     PluginSettings,
     PolicyStore,
+    csv_response,
+    export_csv,
     hookimpl,
+    import_csv,
     load_config,
     open_store,
+    request_lines,
 )
 
 NAMESPACE = "suppression"
@@ -174,22 +176,12 @@ class Suppression:
 
     async def http_export(self, request: web.Request) -> web.StreamResponse:
         assert self.store is not None
-        response = web.StreamResponse(headers={"Content-Type": "text/csv; charset=utf-8"})
-        await response.prepare(request)
-        for chunk in export_rows(self.store):
-            await response.write(chunk.encode())
-        await response.write_eof()
-        return response
+        return await csv_response(request, export_rows(self.store))
 
     async def http_import(self, request: web.Request) -> web.Response:
         assert self.store is not None
-
-        async def lines() -> AsyncIterator[str]:
-            async for raw in request.content:
-                yield raw.decode("utf-8", "replace")
-
         try:
-            count = await import_lines(self.store, lines())
+            count = await import_rows(self.store, request_lines(request))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         if self.context:
@@ -203,22 +195,9 @@ plugin = Suppression()
 # -- CSV import and export ----------------------------------------------------
 
 
-BATCH = 10_000  # rows per transaction on import
-
-
-def export_rows(store: PolicyStore) -> Iterator[str]:
-    """The suppression lists as CSV text, a header and then one line per entry."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for k, record in store.scan(NAMESPACE):
-        scope, _, address = k.partition("|")
-        writer.writerow({"address": address, "scope": scope, **record})
-        if out.tell() > 64 * 1024:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-    yield out.getvalue()
+def _row(k: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    scope, _, address = k.partition("|")
+    return {"address": address, "scope": scope, **record}
 
 
 def _item(row: dict[str, str], line: int) -> tuple[str, dict[str, Any], float | None]:
@@ -238,39 +217,14 @@ def _item(row: dict[str, str], line: int) -> tuple[str, dict[str, Any], float | 
     return key(row.get("scope") or GLOBAL, address), record, expires
 
 
-async def import_lines(store: PolicyStore, lines: AsyncIterator[str] | Iterator[str]) -> int:
-    """Import CSV lines (a header first) in transactions of BATCH rows; returns
-    how many. A bad row stops the import with its line number; the batches
-    before it are kept."""
-    header: list[str] | None = None
-    pending: list[tuple[str, dict[str, Any], float | None]] = []
-    count, number = 0, 0
+def export_rows(store: PolicyStore) -> Iterator[str]:
+    """The suppression lists as CSV text, a header and then one line per entry."""
+    return export_csv(store, NAMESPACE, FIELDS, _row)
 
-    async def each() -> AsyncIterator[str]:
-        if isinstance(lines, Iterator):
-            for line in lines:
-                yield line
-        else:
-            async for line in lines:
-                yield line
 
-    async for line in each():
-        number += 1
-        if not line.strip():
-            continue
-        if header is None:
-            header = next(csv.reader([line]))
-            continue
-        values = next(csv.reader([line]))
-        pending.append(_item(dict(zip(header, values, strict=False)), number))
-        if len(pending) >= BATCH:
-            await store.put_many(NAMESPACE, pending)
-            count += len(pending)
-            pending = []
-    if pending:
-        await store.put_many(NAMESPACE, pending)
-        count += len(pending)
-    return count
+async def import_rows(store: PolicyStore, lines: AsyncIterator[str] | Iterable[str]) -> int:
+    """Import CSV lines (a header first); a bad row stops with its line number."""
+    return await import_csv(store, NAMESPACE, lines, _item)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(chunk)
                 count += chunk.count("\n")
         elif args.file in (None, "-"):
-            count = asyncio.run(import_lines(store, iter(sys.stdin)))
+            count = asyncio.run(import_rows(store, iter(sys.stdin)))
         else:
             with open(args.file, newline="") as handle:
-                count = asyncio.run(import_lines(store, iter(handle)))
+                count = asyncio.run(import_rows(store, iter(handle)))
     except ValueError as exc:
         print(f"suppression: {exc}", file=sys.stderr)
         return 2
