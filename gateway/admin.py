@@ -40,6 +40,7 @@ from gateway.delivery.holds import FIELDS, Scope
 from gateway.ingress import QUEUED_AS, IngressHandler, Submission
 from gateway.openapi import document
 from gateway.plugin import SessionInfo
+from gateway.secret_files import warn_if_exposed
 from gateway.store import PolicyStore
 
 NAMESPACE = "holds"
@@ -52,6 +53,7 @@ def admin_token(config: Config) -> str:
         return config.admin.token
     path = config.admin_token_file
     if path.exists():
+        warn_if_exposed(path, "admin token")
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)

@@ -12,6 +12,7 @@ from gateway import __version__
 from gateway.accounting import close_accounting, open_accounting
 from gateway.admin import HoldKeeper, admin_token
 from gateway.admin import add_routes as add_admin_routes
+from gateway.auth import UsersFileError
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.resolver import MxResolver
@@ -19,14 +20,16 @@ from gateway.dkim import KeyStore
 from gateway.domain_check import egress_warnings
 from gateway.feedback.processor import FeedbackLoop
 from gateway.http import HttpServer, metrics_page
-from gateway.ingress import GatewaySMTP, IngressHandler, drain_sessions, make_server_factory
+from gateway.ingress import IngressHandler
 from gateway.log import event
 from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
+from gateway.smtp_server import GatewaySMTP, drain_sessions, make_server_factory
 from gateway.spool import Spool
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
+from gateway.tls import ServerTls
 from gateway.webhooks import Webhooks
 
 SHUTDOWN_GRACE_SECONDS = 30.0
@@ -57,6 +60,7 @@ class Gateway:
             self.plugins.register_internal(self.webhooks, "core.webhooks")
         self.engine.envelope_sender = self.feedback.envelope_sender
         self.keys = KeyStore(config.dkim)
+        self.tls = ServerTls(config.smtp.tls)
         self.pipeline = MessagePipeline(config, self.keys)
         feedback_on = bool(config.feedback.bounce_domain or config.feedback.fbl_addresses)
         self.handler = IngressHandler(
@@ -106,11 +110,18 @@ class Gateway:
             self.engine.submit(message)
             recovered += 1
         loop = asyncio.get_running_loop()
-        factory = make_server_factory(self.handler, self.config)
+        plain = make_server_factory(self.handler, self.config, self.tls.context)
         for host, port in self.config.smtp.listen_addresses():
-            server = await loop.create_server(factory, host, port, reuse_address=True)
+            server = await loop.create_server(plain, host, port, reuse_address=True)
             self._servers.append(server)
-            event("listening", address=f"{host}:{port}")
+            event("listening", address=f"{host}:{port}", starttls=self.tls.context is not None)
+        implicit = make_server_factory(self.handler, self.config, implicit_tls=True)
+        for host, port in self.config.smtp.submissions_addresses():
+            server = await loop.create_server(
+                implicit, host, port, reuse_address=True, ssl=self.tls.context
+            )
+            self._servers.append(server)
+            event("listening", address=f"{host}:{port}", implicit_tls=True)
         event(
             "started",
             version=__version__,
@@ -132,8 +143,14 @@ class Gateway:
             event("egress_dns", logging.WARNING, check=finding.check, detail=finding.detail)
 
     def reload(self) -> None:
-        """SIGHUP: reload every DKIM key file."""
-        event("reload", keys=self.keys.reload(force=True))
+        """SIGHUP: reload the DKIM keys, the TLS certificate and the users file.
+        One that fails to load is logged and the one in use stays."""
+        users = None
+        try:
+            users = self.handler.auth.reload()
+        except (OSError, UsersFileError) as exc:
+            event("reload_failed", logging.ERROR, what="users_file", error=str(exc))
+        event("reload", keys=self.keys.reload(force=True), tls=self.tls.reload(), users=users)
 
     async def _watch_keys(self) -> None:
         """Pick up rotated DKIM key files without a signal."""

@@ -4,10 +4,12 @@ and the admin verbs (gateway/admin_cli.py) that talk to a running gateway."""
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
 from gateway import admin_cli
+from gateway.auth import UsersFileError, hash_password, read_users
 from gateway.config import Config, ConfigError, load_config
 from gateway.delivery.egress import SourcePicker
 from gateway.dkim import KeyLoadError, KeyStore
@@ -15,6 +17,7 @@ from gateway.domain_check import check_domain
 from gateway.log import setup_logging
 from gateway.plugin_host import PluginHost
 from gateway.shaping import load_shaping
+from gateway.tls import ServerTls, TlsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     domain.add_argument("domain")
     domain.add_argument("--config", type=Path, help="TOML configuration file")
+    passwd = sub.add_parser("passwd", help="print a users-file line for SMTP AUTH")
+    passwd.add_argument("user")
+    passwd.add_argument("--tenant", default="", help="the tenant the user's mail counts for")
+    passwd.add_argument("--stream", default="", help="the stream (marketing, transactional ...)")
     admin_cli.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command == "passwd":
+        return _passwd(args)
 
     path = args.file if args.command == "check-config" else args.config
     try:
@@ -40,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         keys = KeyStore(config.dkim)
         load_shaping(config.delivery.shaping_files)
         plugins = PluginHost(config)
-    except (ConfigError, KeyLoadError) as exc:
+        ServerTls(config.smtp.tls)
+        if config.smtp.auth.users_file:
+            read_users(config.smtp.auth.users_file)
+    except (ConfigError, KeyLoadError, TlsError, UsersFileError) as exc:
         print(f"gateway: configuration error in {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     unbindable = SourcePicker(config.egress, config.helo_name).unbindable()
     if unbindable:
@@ -69,6 +84,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} IN TXT ( {chunks} ) ; {signer.algorithm}, {signer.bits} bits")
         return 0
     return _run(config)
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    """A line for [smtp.auth] users_file; the password from a prompt, or the
+    first line of standard input when it is not a terminal."""
+    if any(":" in v or "\n" in v for v in (args.user, args.tenant, args.stream)):
+        print("gateway: user, tenant and stream cannot contain ':'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("gateway: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        print("gateway: use a password of at least 12 characters", file=sys.stderr)
+        return 2
+    fields = [args.user, hash_password(password), args.tenant, args.stream]
+    print(":".join(fields).rstrip(":"))
+    return 0
 
 
 def _run(config: Config) -> int:

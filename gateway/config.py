@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -80,22 +81,88 @@ class NodeConfig(_Section):
     data_dir: Path = Path("data")
 
 
+# Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3
+# suites are always on. Senders' MTAs are old more often than browsers are.
+MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+class SmtpTlsConfig(_Section):
+    """The certificate the SMTP listeners offer (STARTTLS, and implicit TLS on
+    `submissions_listen`), re-read on SIGHUP."""
+
+    certificate: Path | None = None  # PEM, the chain after the leaf
+    key: Path | None = None  # PEM private key
+    # Refuse MAIL before STARTTLS on the plain listeners (530 5.7.0).
+    required: bool = False
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    ciphers: str = MODERN_CIPHERS
+
+    @model_validator(mode="after")
+    def _pair(self) -> SmtpTlsConfig:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("certificate and key go together")
+        if self.required and self.certificate is None:
+            raise ValueError("required = true needs a certificate and key")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate is not None
+
+
+class SmtpAuthConfig(_Section):
+    """SMTP AUTH (PLAIN, LOGIN), offered only over TLS."""
+
+    # Lines "user:argon2-hash[:tenant[:stream]]"; `gateway passwd USER` makes
+    # them. Re-read on SIGHUP. Plugins can check credentials too (smtp_auth).
+    users_file: Path | None = None
+    # Clients in relay_networks must authenticate too.
+    required: bool = False
+    # A client IP with this many failed logins within `failure_window` is
+    # refused (421 4.7.0) until the window has passed since its last failure.
+    max_failures: int = Field(default=5, ge=1)
+    failure_window: Duration = 900.0
+    # A login that passed is not hashed again for this long (argon2 costs
+    # ~100 ms of CPU; applications open a connection per message).
+    cache_seconds: Duration = 300.0
+
+
 class SmtpConfig(_Section):
     listen: list[str] = ["127.0.0.1:2525"]
+    # Implicit TLS listeners (RFC 8314 submissions, usually port 465).
+    submissions_listen: list[str] = []
     max_message_size: int = Field(default=36_700_160, ge=1024)
     max_recipients: int = Field(default=1000, ge=1)
     relay_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # Idle time allowed between commands, and for the whole DATA transfer.
     timeout: Duration = 300.0
     banner: str = "Deliverability Gateway ESMTP"
+    # Abuse limits: open sessions in all and per client IP (more get 421 4.7.0
+    # before the greeting), commands per second per session (sustained, with a
+    # burst of `max_recipients` so a pipelined transaction passes), error
+    # replies per session, and how long one session may last.
+    max_connections: int = Field(default=2000, ge=1)
+    max_connections_per_ip: int = Field(default=200, ge=1)
+    command_rate: float = Field(default=500.0, gt=0)
+    max_errors: int = Field(default=20, ge=1)
+    max_session_time: Duration = 3600.0
+    tls: SmtpTlsConfig = SmtpTlsConfig()
+    auth: SmtpAuthConfig = SmtpAuthConfig()
 
-    @field_validator("listen")
+    @field_validator("listen", "submissions_listen")
     @classmethod
-    def _listen(cls, value: list[str]) -> list[str]:
-        if not value:
+    def _listen(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and info.field_name == "listen":
             raise ValueError("at least one listen address is needed")
         for item in value:
             parse_hostport(item, 2525)
         return value
+
+    @model_validator(mode="after")
+    def _tls_for_submissions(self) -> SmtpConfig:
+        if self.submissions_listen and not self.tls.enabled:
+            raise ValueError("submissions_listen needs [smtp.tls] certificate and key")
+        return self
 
     @field_validator("relay_networks")
     @classmethod
@@ -111,6 +178,9 @@ class SmtpConfig(_Section):
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_hostport(item, 2525) for item in self.listen]
+
+    def submissions_addresses(self) -> list[tuple[str, int]]:
+        return [parse_hostport(item, 465) for item in self.submissions_listen]
 
 
 class DeliveryTimeouts(_Section):

@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway._core import DkimKeyError, DkimSigner
 from gateway.config import DkimConfig, DkimKeyConfig
 from gateway.log import event
+from gateway.secret_files import warn_if_exposed
 
 
 class KeyLoadError(Exception):
@@ -49,6 +50,7 @@ class KeyStore:
 
     def _load(self, key: DkimKeyConfig) -> _LoadedKey:
         stamp = _stamp(key.key_file)
+        warn_if_exposed(key.key_file, "DKIM private key")
         signer = DkimSigner(
             key.key_file.read_bytes(),
             key.domain.lower().rstrip("."),

@@ -25,6 +25,7 @@ from gateway.plugin import (
     Delivery,
     Destination,
     EnvelopeInfo,
+    Login,
     MessageInfo,
     PluginContext,
     Route,
@@ -58,6 +59,13 @@ def smtp_connect(session: SessionInfo) -> Decision | None:
     """First decision, when a client connects, before the greeting. Reject or
     disconnect to refuse the client (the gateway answers with the decision and
     closes); None or accept to go on."""
+
+
+@hookspec
+def smtp_auth(session: SessionInfo, username: str, password: str) -> Login | None:
+    """First result, at AUTH (PLAIN or LOGIN, over TLS only): a `Login` accepts
+    the credentials; None leaves them to the next plugin and then to
+    `[smtp.auth] users_file`. Never log the password."""
 
 
 @hookspec

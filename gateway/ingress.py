@@ -1,4 +1,4 @@
-"""SMTP ingress (aiosmtpd): relay control, limits, and the durable 250.
+"""SMTP ingress policy: relay control, recipient checks, and the durable 250.
 
 The reply to DATA is 250 only after the spool has fsynced the message and its
 envelope; it carries the queue ID, and so does every log line about it.
@@ -6,20 +6,19 @@ envelope; it carries the queue ID, and so does every log line about it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import email.utils
 import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, AnyStr
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.accounting import account
+from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.feedback.processor import FeedbackLoop
 from gateway.log import event
@@ -33,32 +32,11 @@ from gateway.metrics import (
 from gateway.pipeline import MessagePipeline, Prepared
 from gateway.plugin import Decision, EnvelopeInfo, MessageInfo, SessionInfo
 from gateway.plugin_host import PluginHost
+from gateway.smtp_server import GatewayEnvelope, peer_ip, session_info
 from gateway.spool import Envelope as SpoolEnvelope
 from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
 
-_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
-# Enhanced status codes (RFC 2034/3463) for aiosmtpd's own replies that lack one.
-_DEFAULT_ENHANCED = {
-    250: "2.0.0",
-    221: "2.0.0",
-    251: "2.1.5",
-    252: "2.0.0",
-    421: "4.3.0",
-    451: "4.3.0",
-    452: "4.5.3",
-    500: "5.5.2",
-    501: "5.5.4",
-    502: "5.5.1",
-    503: "5.5.1",
-    504: "5.5.4",
-    530: "5.7.0",
-    552: "5.3.4",
-    553: "5.1.3",
-    554: "5.5.0",
-    555: "5.5.4",
-}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 # The queue ID in our 250 reply to DATA ("250 2.0.0 Ok: queued as QID").
 QUEUED_AS = re.compile(r"queued as ([0-9A-Z]{16})")
@@ -75,95 +53,6 @@ class Submission:
     protocol: str = ""  # for the Received header; "" means (UTF8)ESMTP
 
 
-class GatewayEnvelope(Envelope):
-    def __init__(self) -> None:
-        super().__init__()
-        self.rejected_rcpts = 0
-        self.feedback: bool | None = None  # a transaction of reports to us, once known
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's server with enhanced status codes and RFC-correct edge replies."""
-
-    sessions: set[GatewaySMTP] = set()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._plain_replies = False
-
-    def _create_envelope(self) -> GatewayEnvelope:
-        return GatewayEnvelope()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        GatewaySMTP.sessions.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        GatewaySMTP.sessions.discard(self)
-        super().connection_lost(error)
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.envelope is not None and self.envelope.mail_from is not None
-
-    async def _handle_client(self) -> None:
-        # smtp_connect plugins decide before the greeting.
-        handler = self.event_handler
-        if isinstance(handler, IngressHandler) and self.session is not None:
-            refusal = await handler.on_connect(self.session)
-            if refusal:
-                await self.push(refusal)
-                if self.transport is not None:
-                    self.transport.close()
-                return
-        await super()._handle_client()
-
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and not self._plain_replies:
-            await super().push(_with_enhanced_code(status))
-        else:
-            await super().push(status)
-        if isinstance(status, str) and status.startswith("421") and self.transport is not None:
-            self.transport.close()  # 421: the server closes the connection (RFC 5321 3.8)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        # EHLO lines are capabilities, not replies to be given status codes.
-        self._plain_replies = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._plain_replies = False
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._plain_replies = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._plain_replies = False
-
-    async def smtp_DATA(self, arg: str) -> None:
-        env = self.envelope
-        if (
-            isinstance(env, GatewayEnvelope)
-            and env.mail_from is not None
-            and not env.rcpt_tos
-            and env.rejected_rcpts
-        ):
-            await self.push("554 5.5.1 Error: no valid recipients")
-            return
-        await super().smtp_DATA(arg)
-
-
-def _with_enhanced_code(status: str) -> str:
-    code = status[:3]
-    if not code.isdigit() or code in ("220", "354", "334") or _HAS_ENHANCED.match(status):
-        return status
-    enhanced = _DEFAULT_ENHANCED.get(int(code))
-    if enhanced is None or status[3:4] not in (" ", ""):
-        return status
-    return f"{code} {enhanced} {status[4:]}".rstrip()
-
-
 def _sender(envelope: Envelope) -> str:
     """The envelope sender, "" for the null sender <>."""
     return _address(envelope.mail_from or "")
@@ -171,16 +60,6 @@ def _sender(envelope: Envelope) -> str:
 
 def _address(address: str) -> str:
     return "" if address in ("<>", "") else address.strip("<>")
-
-
-def _session_info(session: Session) -> SessionInfo:
-    user = session.login_data if isinstance(session.login_data, str) else ""
-    return SessionInfo(_peer_ip(session), session.host_name or "", user)
-
-
-def _peer_ip(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
 
 
 class IngressHandler:
@@ -197,6 +76,7 @@ class IngressHandler:
     ) -> None:
         self._config = config
         self._plugins = plugins or PluginHost(config, plugins={})
+        self.auth = Authenticator(config.smtp.auth, self._plugins)
         self._feedback = feedback
         self._spool = spool
         self._pipeline = pipeline
@@ -205,6 +85,19 @@ class IngressHandler:
             ipaddress.ip_network(n, strict=False) for n in config.smtp.relay_networks
         ]
         self.in_data = 0
+
+    def may_relay(self, session: Session) -> str | None:
+        """None if this client may relay, else the refusal: authenticated
+        users may; so may the relay networks unless [smtp.auth] required."""
+        if session.authenticated:
+            return None
+        if self.auth.enabled and (
+            self._config.smtp.auth.required or not self.relay_allowed(peer_ip(session))
+        ):
+            return "530 5.7.0 Authentication required"
+        if not self.relay_allowed(peer_ip(session)):
+            return "550 5.7.1 Relaying denied: client not authorized"
+        return None
 
     def relay_allowed(self, ip: str) -> bool:
         try:
@@ -229,6 +122,8 @@ class IngressHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
+        if not self.auth.enabled:  # aiosmtpd offers AUTH once TLS is up
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         last = responses.pop()  # "250 HELP"
         responses += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
         return responses
@@ -244,9 +139,9 @@ class IngressHandler:
     async def on_connect(self, session: Session) -> str | None:
         if not self._plugins.has("smtp_connect"):
             return None
-        refusal = await self._decide("connect", "smtp_connect", session=_session_info(session))
+        refusal = await self._decide("connect", "smtp_connect", session=session_info(session))
         if refusal:
-            event("rejected", logging.WARNING, reason=refusal, client=_peer_ip(session))
+            event("rejected", logging.WARNING, reason=refusal, client=peer_ip(session))
         return refusal
 
     async def handle_MAIL(
@@ -257,11 +152,11 @@ class IngressHandler:
         refusal = await self._decide(
             "mail",
             "smtp_mail_from",
-            session=_session_info(session),
+            session=session_info(session),
             envelope=EnvelopeInfo(sender=_address(address)),
         )
         if refusal:
-            event("rejected", logging.WARNING, reason=refusal, client=_peer_ip(session))
+            event("rejected", logging.WARNING, reason=refusal, client=peer_ip(session))
             return refusal
         envelope.mail_from = address  # "<>" stays truthy: aiosmtpd tests it before RCPT
         envelope.mail_options.extend(options)
@@ -271,7 +166,7 @@ class IngressHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         assert isinstance(envelope, GatewayEnvelope)
-        ip = _peer_ip(session)
+        ip = peer_ip(session)
         if self._feedback and self._feedback.accepts(address):
             # Bounces and complaints to us: taken from anyone, never relayed.
             if envelope.feedback is False:
@@ -281,10 +176,10 @@ class IngressHandler:
             return "250 2.1.5 OK"
         if envelope.feedback:
             return "452 4.5.3 Send reports to us in a transaction of their own"
-        if not self.relay_allowed(ip):
+        reply = self.may_relay(session)
+        if reply:
             envelope.rejected_rcpts += 1
             event("rejected", logging.WARNING, reason="relay_denied", client=ip, rcpt=address)
-            reply = "550 5.7.1 Relaying denied: client not authorized"
             account("rejected", stage="rcpt", client_ip=ip, recipient=address, reply=reply)
             return reply
         local, _, domain = address.rpartition("@")
@@ -293,7 +188,7 @@ class IngressHandler:
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
             return "452 4.5.3 Too many recipients"
-        so_far = Submission(_sender(envelope), list(envelope.rcpt_tos), _session_info(session))
+        so_far = Submission(_sender(envelope), list(envelope.rcpt_tos), session_info(session))
         refusal = await self.check_recipient(so_far, address)
         if refusal:
             envelope.rejected_rcpts += 1
@@ -325,12 +220,12 @@ class IngressHandler:
             try:
                 return await self._feedback.receive(list(envelope.rcpt_tos), raw)
             except Exception:
-                event("feedback_error", logging.ERROR, exc=True, client=_peer_ip(session))
+                event("feedback_error", logging.ERROR, exc=True, client=peer_ip(session))
                 return "451 4.3.0 Could not process the report; try again later"
         submission = Submission(
             sender=_sender(envelope),
             recipients=list(envelope.rcpt_tos),
-            session=_session_info(session),
+            session=session_info(session),
             smtputf8=bool(envelope.smtp_utf8),
         )
         return await self.accept(submission, raw)
@@ -355,6 +250,10 @@ class IngressHandler:
         ip, helo = submission.session.client_ip, submission.session.helo
         sender, recipients = submission.sender, submission.recipients
         prepared = await self._pipeline.prepare(raw, qid=qid, smtputf8=submission.smtputf8)
+        # An authenticated user's tenant and stream win over the headers, so
+        # one tenant cannot send as another.
+        prepared.tenant = submission.session.tenant or prepared.tenant
+        prepared.stream = submission.session.stream or prepared.stream
         if not prepared.reply:
             prepared.reply = await self._message_policy(submission, prepared, qid)
         if prepared.reply:
@@ -486,39 +385,3 @@ def _received_header(hostname: str, submission: Submission, qid: str, now: float
         f"\t{email.utils.formatdate(now)}\r\n"
     )
     return line.encode("utf-8")
-
-
-def make_server_factory(handler: IngressHandler, config: Config) -> Callable[[], GatewaySMTP]:
-    def factory() -> GatewaySMTP:
-        return GatewaySMTP(
-            handler,
-            data_size_limit=config.smtp.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=config.node.hostname,
-            ident=config.smtp.banner,
-            timeout=config.smtp.timeout,
-        )
-
-    return factory
-
-
-async def drain_sessions(handler: IngressHandler, grace: float) -> None:
-    """Wait for open transactions to finish, then close every session with 421."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and (  # noqa: ASYNC110 - polls state aiosmtpd owns
-        handler.in_data or any(s.in_transaction for s in GatewaySMTP.sessions)
-    ):
-        await asyncio.sleep(0.05)
-    closing: list[Awaitable[None]] = []
-    for session in list(GatewaySMTP.sessions):
-        if session.transport is not None:
-            closing.append(_close_session(session))
-    await asyncio.gather(*closing, return_exceptions=True)
-
-
-async def _close_session(session: GatewaySMTP) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(session.push("421 4.3.2 Service shutting down"), 1)
-    if session.transport is not None:
-        session.transport.close()

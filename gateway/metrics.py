@@ -143,6 +143,16 @@ WEBHOOK_DROPPED = Counter(
     "Events dropped from a full webhook backlog (max_backlog), by webhook.",
     ["webhook"],
 )
+AUTH_ATTEMPTS = Counter(
+    "gateway_smtp_auth_total",
+    "SMTP AUTH attempts by outcome: success, failure, blocked (IP over the failure limit).",
+    ["outcome"],
+)
+SESSIONS_REFUSED = Counter(
+    "gateway_smtp_sessions_refused_total",
+    "SMTP sessions refused or cut short by an abuse limit, by limit.",
+    ["limit"],
+)
 
 # Distinct values seen per label kind; past the cap a value is reported as "other".
 LABEL_CAP = 200

@@ -74,7 +74,20 @@ class SessionInfo:
 
     client_ip: str
     helo: str = ""
-    user: str = ""  # the authenticated user, once AUTH exists (issue 8)
+    user: str = ""  # the authenticated user ("" before or without AUTH)
+    tenant: str = ""  # the user's tenant and stream (from the users file or smtp_auth)
+    stream: str = ""
+    tls: bool = False  # the session is encrypted (STARTTLS or implicit TLS)
+
+
+@dataclass(frozen=True)
+class Login:
+    """An accepted SMTP login (what `smtp_auth` returns): the user, and the
+    tenant and stream their mail counts for (over X-Gateway-* headers)."""
+
+    user: str
+    tenant: str = ""
+    stream: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +251,7 @@ __all__ = [
     "Egress",
     "EnvelopeInfo",
     "HttpRoutes",
+    "Login",
     "MessageInfo",
     "PluginContext",
     "PluginSettings",

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from gateway.testing import GatewayProcess, Receiver
+from gateway.testing.certs import issue
 from tests.helpers import send
 from tests.zones import MX
 
 
 def tls_context(tmp_path: Path) -> ssl.SSLContext:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=down.test", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    return issue(tmp_path / "certs", ["down.test"]).server_context()
 
 
 def test_starttls_pipelining_and_connection_reuse(

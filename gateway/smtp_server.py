@@ -1,0 +1,363 @@
+"""The SMTP protocol side of ingress (aiosmtpd): enhanced status codes,
+RFC-correct edge replies, abuse limits, TLS and asynchronous AUTH.
+
+What a transaction may do (relay control, plugins, queueing) is decided by
+the session policy, `gateway.ingress.IngressHandler`; this module only runs
+sessions and keeps them within bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, AnyStr, Protocol
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from gateway.auth import Authenticator, AuthUnavailable
+from gateway.config import Config
+from gateway.log import event
+from gateway.metrics import AUTH_ATTEMPTS, SESSIONS_REFUSED
+from gateway.plugin import Login, SessionInfo
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+# Enhanced status codes (RFC 2034/3463) for aiosmtpd's own replies that lack one.
+_DEFAULT_ENHANCED = {
+    250: "2.0.0",
+    221: "2.0.0",
+    251: "2.1.5",
+    252: "2.0.0",
+    421: "4.3.0",
+    451: "4.3.0",
+    452: "4.5.3",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.5.0",
+    555: "5.5.4",
+}
+
+
+class SessionPolicy(Protocol):
+    """What sessions ask of the ingress handler beyond aiosmtpd's handle_* hooks."""
+
+    auth: Authenticator
+    in_data: int
+
+    async def on_connect(self, session: Session) -> str | None: ...
+
+
+class GatewayEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected_rcpts = 0
+        self.feedback: bool | None = None  # a transaction of reports to us, once known
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Abuse limits applied by every session (from [smtp])."""
+
+    max_connections: int
+    max_connections_per_ip: int
+    command_rate: float  # commands per second, sustained
+    command_burst: float  # commands in a burst (a pipelined transaction)
+    max_errors: int
+    max_session_time: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> SessionLimits:
+        smtp = config.smtp
+        return cls(
+            smtp.max_connections,
+            smtp.max_connections_per_ip,
+            smtp.command_rate,
+            float(smtp.max_recipients + 20),
+            smtp.max_errors,
+            smtp.max_session_time,
+        )
+
+
+# aiosmtpd calls its authenticator synchronously; ours is async (a password
+# hash is checked in a thread), so _authenticate hands the credentials back
+# marked with this and auth_PLAIN/auth_LOGIN finish the check.
+_PENDING = "pending"
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server with enhanced status codes, RFC-correct edge replies,
+    abuse limits and asynchronous AUTH."""
+
+    sessions: set[GatewaySMTP] = set()
+    per_ip: Counter[str] = Counter()
+
+    def __init__(
+        self,
+        policy: SessionPolicy,
+        *,
+        limits: SessionLimits,
+        implicit_tls: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(policy, **kwargs)
+        self.policy = policy
+        self._plain_replies = False
+        self._limits = limits
+        self._implicit_tls = implicit_tls
+        self._ip = ""
+        self._errors = 0
+        self._tokens = limits.command_burst
+        self._refilled = time.monotonic()
+        self._deadline: asyncio.TimerHandle | None = None
+        # Every command passes the rate check first.
+        self._smtp_methods = {
+            name: self._rate_checked(method) for name, method in self._smtp_methods.items()
+        }
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # not the STARTTLS switch
+        super().connection_made(transport)
+        if not first:
+            return
+        GatewaySMTP.sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        GatewaySMTP.per_ip[self._ip] += 1
+        self._deadline = self.loop.call_later(self._limits.max_session_time, self._too_long)
+        if self._implicit_tls and self.session is not None:
+            # aiosmtpd knows of TLS only through STARTTLS; on an implicit-TLS
+            # listener the transport is encrypted from the start.
+            self._tls_protocol = getattr(transport, "_ssl_protocol", None)
+            self.session.ssl = {"implicit": True}
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self in GatewaySMTP.sessions:
+            GatewaySMTP.sessions.discard(self)
+            GatewaySMTP.per_ip[self._ip] -= 1
+            if GatewaySMTP.per_ip[self._ip] <= 0:
+                del GatewaySMTP.per_ip[self._ip]
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(error)
+
+    def _refuse_now(self, limit: str, reply: str) -> None:
+        SESSIONS_REFUSED.labels(limit).inc()
+        event("session_limit", logging.WARNING, client=self._ip, limit=limit)
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(f"{reply}\r\n".encode())
+            self.transport.close()
+
+    def _too_long(self) -> None:
+        self._refuse_now("session_time", "421 4.4.2 Session too long; closing")
+
+    def _over_connection_limits(self) -> str | None:
+        if len(GatewaySMTP.sessions) > self._limits.max_connections:
+            return "connections"
+        if GatewaySMTP.per_ip[self._ip] > self._limits.max_connections_per_ip:
+            return "connections_per_ip"
+        return None
+
+    def _rate_checked(self, method: Callable[[str | None], Awaitable[None]]) -> Any:
+        async def checked(arg: str | None) -> None:
+            now = time.monotonic()
+            limits = self._limits
+            self._tokens = min(
+                limits.command_burst, self._tokens + (now - self._refilled) * limits.command_rate
+            )
+            self._refilled = now
+            if self._tokens < 1:
+                self._refuse_now("command_rate", "421 4.7.0 Too many commands; slow down")
+                return
+            self._tokens -= 1
+            await method(arg)
+
+        return checked
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    async def _handle_client(self) -> None:
+        limit = self._over_connection_limits()
+        if limit:
+            self._refuse_now(limit, "421 4.7.0 Too many connections; try again later")
+            return
+        # smtp_connect plugins decide before the greeting.
+        if self.session is not None:
+            refusal = await self.policy.on_connect(self.session)
+            if refusal:
+                await self.push(refusal)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        await super()._handle_client()
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not self._plain_replies:
+            await super().push(_with_enhanced_code(status))
+        else:
+            await super().push(status)
+        if isinstance(status, str) and status.startswith("421") and self.transport is not None:
+            self.transport.close()  # 421: the server closes the connection (RFC 5321 3.8)
+        elif isinstance(status, str) and status.startswith("5"):
+            self._errors += 1
+            if self._errors >= self._limits.max_errors:
+                self._refuse_now("errors", "421 4.7.0 Too many errors; closing")
+
+    # -- AUTH ------------------------------------------------------------------
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.policy.auth.enabled:
+            await self.push("502 5.5.1 AUTH not available")
+            return
+        if self.policy.auth.blocked(self._ip):
+            AUTH_ATTEMPTS.labels("blocked").inc()
+            await self.push("421 4.7.0 Too many failed logins; try again later")
+            return
+        await super().smtp_AUTH(arg)
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, message=_PENDING, auth_data=auth_data)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._check_login(await super().auth_PLAIN(server, args))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._check_login(await super().auth_LOGIN(server, args))
+
+    async def _check_login(self, result: AuthResult) -> AuthResult:
+        if result.message != _PENDING:
+            return result  # the exchange failed before credentials (bad base64 ...)
+        assert self.session is not None
+        credentials = result.auth_data
+        assert isinstance(credentials, LoginPassword)
+        try:
+            login = await self.policy.auth.login(
+                session_info(self.session),
+                credentials.login.decode("utf-8", "replace"),
+                credentials.password.decode("utf-8", "replace"),
+            )
+        except AuthUnavailable:
+            return AuthResult(success=False, message="454 4.7.0 Temporary authentication failure")
+        if login is None:
+            return AuthResult(success=False, handled=False)  # 535 5.7.8
+        return AuthResult(success=True, auth_data=login)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # EHLO lines are capabilities, not replies to be given status codes.
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_DATA(self, arg: str) -> None:
+        env = self.envelope
+        if (
+            isinstance(env, GatewayEnvelope)
+            and env.mail_from is not None
+            and not env.rcpt_tos
+            and env.rejected_rcpts
+        ):
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        await super().smtp_DATA(arg)
+
+
+def _with_enhanced_code(status: str) -> str:
+    code = status[:3]
+    if not code.isdigit() or code in ("220", "354", "334") or _HAS_ENHANCED.match(status):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(int(code))
+    if enhanced is None or status[3:4] not in (" ", ""):
+        return status
+    return f"{code} {enhanced} {status[4:]}".rstrip()
+
+
+def session_info(session: Session) -> SessionInfo:
+    login = session.auth_data if isinstance(session.auth_data, Login) else None
+    return SessionInfo(
+        peer_ip(session),
+        session.host_name or "",
+        login.user if login else "",
+        login.tenant if login else "",
+        login.stream if login else "",
+        tls=session.ssl is not None,
+    )
+
+
+def peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+
+
+def make_server_factory(
+    policy: SessionPolicy,
+    config: Config,
+    tls: ssl.SSLContext | None = None,
+    implicit_tls: bool = False,
+) -> Callable[[], GatewaySMTP]:
+    """Sessions for one listener: plain with STARTTLS offered when `tls` is
+    given, or, with `implicit_tls`, on a listener that is TLS from the start."""
+    limits = SessionLimits.from_config(config)
+
+    def factory() -> GatewaySMTP:
+        return GatewaySMTP(
+            policy,
+            limits=limits,
+            implicit_tls=implicit_tls,
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.node.hostname,
+            ident=config.smtp.banner,
+            timeout=config.smtp.timeout,
+            tls_context=None if implicit_tls else tls,
+            require_starttls=bool(tls) and config.smtp.tls.required and not implicit_tls,
+            auth_require_tls=True,
+        )
+
+    return factory
+
+
+async def drain_sessions(policy: SessionPolicy, grace: float) -> None:
+    """Wait for open transactions to finish, then close every session with 421."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (  # noqa: ASYNC110 - polls state aiosmtpd owns
+        policy.in_data or any(s.in_transaction for s in GatewaySMTP.sessions)
+    ):
+        await asyncio.sleep(0.05)
+    closing: list[Awaitable[None]] = []
+    for session in list(GatewaySMTP.sessions):
+        if session.transport is not None:
+            closing.append(_close_session(session))
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
+async def _close_session(session: GatewaySMTP) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(session.push("421 4.3.2 Service shutting down"), 1)
+    if session.transport is not None:
+        session.transport.close()
