@@ -146,6 +146,9 @@ class SmtpConfig(_Section):
     command_rate: float = Field(default=500.0, gt=0)
     max_errors: int = Field(default=20, ge=1)
     max_session_time: Duration = 3600.0
+    # MAIL gets 452 4.3.1 while the spool's filesystem has less free than this
+    # plus the message's declared SIZE (Postfix's queue_minfree).
+    min_free_space: int = Field(default=100 * 1024 * 1024, ge=0)
     tls: SmtpTlsConfig = SmtpTlsConfig()
     auth: SmtpAuthConfig = SmtpAuthConfig()
 

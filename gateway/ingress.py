@@ -62,6 +62,18 @@ def _address(address: str) -> str:
     return "" if address in ("<>", "") else address.strip("<>")
 
 
+NO_SPACE = "452 4.3.1 Insufficient system storage; try again later"
+
+
+def _declared_size(options: list[str]) -> int:
+    """The SIZE= parameter of MAIL FROM (RFC 1870), 0 if absent or unreadable."""
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
 class IngressHandler:
     """aiosmtpd hooks: relay control, recipient limits, durable queueing."""
 
@@ -98,6 +110,17 @@ class IngressHandler:
         if not self.relay_allowed(peer_ip(session)):
             return "550 5.7.1 Relaying denied: client not authorized"
         return None
+
+    def _room_for(self, size: int) -> bool:
+        """Whether the spool has room for a message of `size` and the reserve."""
+        try:
+            free = self._spool.free_space()
+        except OSError:
+            return True  # cannot tell: let the write itself decide
+        if free >= self._config.smtp.min_free_space + size:
+            return True
+        event("spool_low_space", logging.WARNING, free=free, wanted=size)
+        return False
 
     def relay_allowed(self, ip: str) -> bool:
         try:
@@ -149,6 +172,8 @@ class IngressHandler:
     ) -> str:
         if address != "<>" and address and "@" not in address:
             return "553 5.1.7 Sender address must be user@domain or <>"
+        if not self._room_for(_declared_size(options)):
+            return NO_SPACE
         refusal = await self._decide(
             "mail",
             "smtp_mail_from",
@@ -290,7 +315,9 @@ class IngressHandler:
         try:
             await self._spool.store(spooled, data)
         except SpoolError as exc:
-            event("spool_failed", logging.ERROR, qid=qid, error=str(exc))
+            event("spool_failed", logging.ERROR, qid=qid, error=str(exc), full=exc.no_space)
+            if exc.no_space:
+                return NO_SPACE
             return "451 4.3.0 Temporary failure storing the message; try again later"
         self._submit(SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients]))
         event(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -40,6 +41,10 @@ FINAL: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
 
 class SpoolError(Exception):
     """The spool could not store or read a message (disk full, I/O error)."""
+
+    def __init__(self, message: str, no_space: bool = False) -> None:
+        super().__init__(message)
+        self.no_space = no_space  # the filesystem is full (or over quota)
 
 
 @dataclass
@@ -178,7 +183,13 @@ class Spool:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp_path.unlink(missing_ok=True)
-            raise SpoolError(f"cannot store {envelope.qid}: {exc.strerror or exc}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise SpoolError(f"cannot store {envelope.qid}: {exc.strerror or exc}", full) from exc
+
+    def free_space(self) -> int:
+        """Bytes an unprivileged writer can still use on the spool's filesystem."""
+        stats = os.statvfs(self.queue)
+        return stats.f_bavail * stats.f_frsize
 
     async def record(self, qid: str, records: list[dict[str, Any]]) -> None:
         """Append recipient outcomes to the message's journal, durably."""

@@ -107,6 +107,21 @@ class MxResolver:
             )
         return hosts, float(answer.rrset.ttl if answer.rrset else CACHE_MAX_SECONDS)
 
+    async def txt(self, name: str) -> list[str] | None:
+        """The TXT strings at `name` (each record's strings joined); None when
+        there is no such record; DnsError when the lookup failed."""
+        try:
+            answer = await self._resolver.resolve(name, "TXT", search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return None
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise DnsError(f"TXT lookup for {name} failed: {exc}", permanent=False, status="4.4.3")
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
+    async def addresses(self, name: str) -> tuple[str, ...]:
+        """A and AAAA addresses of a host name (empty if it has none)."""
+        return await self._addresses(name)
+
     async def _addresses(self, name: str) -> tuple[str, ...]:
         found: list[str] = []
         transient: Exception | None = None

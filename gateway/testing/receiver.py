@@ -31,6 +31,7 @@ class Received:
     tls: bool = False
     esmtp_params: tuple[str, ...] = ()
     helo: str = ""
+    at: float = 0.0  # time.time() when the 250 to DATA was decided
 
 
 class _Handler:
@@ -76,6 +77,7 @@ class _Handler:
                     session.ssl is not None,
                     tuple(envelope.mail_options),
                     str(session.host_name or ""),
+                    time.time(),
                 )
             )
         return "250 2.0.0 OK accepted"
