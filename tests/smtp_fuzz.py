@@ -97,32 +97,15 @@ def as_body(lines: list[bytes]) -> bytes:
 
 
 Step = tuple[str, Any]
+simple_commands = st.sampled_from(
+    [b"EHLO client.test", b"HELO client.test", b"EHLO", b"RSET", b"NOOP", b"VRFY root",
+     b"EXPN list", b"HELP", b"STARTTLS", b"BDAT 10", b"DATA x", b"QUIT now", b"TURN", b""]
+)  # fmt: skip
+greetings = st.tuples(st.sampled_from([b"EHLO ", b"HELO "]), text).map(b"".join)
 steps = st.one_of(
     st.tuples(st.just("line"), mail_or_rcpt()),
-    st.tuples(
-        st.just("line"),
-        st.sampled_from(
-            [
-                b"EHLO client.test",
-                b"HELO client.test",
-                b"EHLO",
-                b"RSET",
-                b"NOOP",
-                b"VRFY root",
-                b"EXPN list",
-                b"HELP",
-                b"STARTTLS",
-                b"BDAT 10",
-                b"DATA x",
-                b"QUIT now",
-                b"TURN",
-                b"",
-            ]
-        ),
-    ),  # fmt: skip
-    st.tuples(
-        st.just("line"), st.tuples(st.sampled_from([b"EHLO ", b"HELO "]), text).map(b"".join)
-    ),
+    st.tuples(st.just("line"), simple_commands),
+    st.tuples(st.just("line"), greetings),
     st.tuples(st.just("line"), text),
     st.tuples(st.just("auth"), auth()),
     st.tuples(st.just("data"), body_lines.map(as_body)),

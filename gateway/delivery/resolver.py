@@ -115,7 +115,8 @@ class MxResolver:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return None
         except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise DnsError(f"TXT lookup for {name} failed: {exc}", permanent=False, status="4.4.3")
+            message = f"TXT lookup for {name} failed: {exc}"
+            raise DnsError(message, permanent=False, status="4.4.3") from None
         return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
     async def addresses(self, name: str) -> tuple[str, ...]:
