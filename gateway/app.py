@@ -15,7 +15,9 @@ from gateway.admin import add_routes as add_admin_routes
 from gateway.auth import UsersFileError
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
+from gateway.delivery.mta_sts import MtaSts
 from gateway.delivery.resolver import MxResolver
+from gateway.delivery.smtp_client import verifying_context
 from gateway.dkim import KeyStore
 from gateway.domain_check import egress_warnings
 from gateway.feedback.processor import FeedbackLoop
@@ -49,8 +51,12 @@ class Gateway:
             name="admin",
             max_body=config.smtp.max_message_size,  # injected messages
         )
-        self.engine = DeliveryEngine(config, self.spool, MxResolver(config.dns), self.plugins)
+        resolver = MxResolver(config.dns)
+        self.engine = DeliveryEngine(config, self.spool, resolver, self.plugins)
         self.keeper = HoldKeeper(self.engine, self.store)
+        self.engine.mta_sts = MtaSts(
+            config.mta_sts, resolver, self.store, verifying_context(config.delivery.ca_file)
+        )
         self.feedback = FeedbackLoop(
             config.feedback, config.node.hostname, self.store, self.plugins, self.keeper
         )

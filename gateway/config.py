@@ -209,6 +209,9 @@ class DeliveryConfig(_Section):
     # An idle connection waits this long for more mail to its site before QUIT.
     idle_timeout: Duration = 1.0
     starttls: Literal["opportunistic", "disabled"] = "opportunistic"
+    # CA certificates (PEM) that MX and MTA-STS policy hosts' certificates are
+    # checked against where a policy demands it; absent: the system's.
+    ca_file: Path | None = None
     shaping_files: list[Path] = []
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
 
@@ -447,10 +450,21 @@ class AdminConfig(_Section):
     metrics_need_token: bool = False  # Prometheus may scrape /metrics without one
 
 
+class MtaStsConfig(_Section):
+    """MTA-STS (RFC 8461) policies of recipient domains (docs/security.md)."""
+
+    enabled: bool = True
+    # How often a domain's _mta-sts TXT record is read again for a new policy id.
+    recheck: Duration = 3600.0
+    fetch_timeout: Duration = 10.0
+    port: int = Field(default=443, ge=1, le=65535)  # of policy hosts; only tests change it
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     smtp: SmtpConfig = SmtpConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    mta_sts: MtaStsConfig = MtaStsConfig()
     egress: EgressConfig = EgressConfig()
     dns: DnsConfig = DnsConfig()
     retry: RetryConfig = RetryConfig()

@@ -153,6 +153,11 @@ SESSIONS_REFUSED = Counter(
     "SMTP sessions refused or cut short by an abuse limit, by limit.",
     ["limit"],
 )
+MTA_STS_FAILURES = Counter(
+    "gateway_mta_sts_failures_total",
+    "Deliveries an MTA-STS policy held back, by reason: mx_mismatch, certificate.",
+    ["reason"],
+)
 
 # Distinct values seen per label kind; past the cap a value is reported as "other".
 LABEL_CAP = 200

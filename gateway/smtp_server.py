@@ -219,6 +219,15 @@ class GatewaySMTP(SMTP):
             if self._errors >= self._limits.max_errors:
                 self._refuse_now("errors", "421 4.7.0 Too many errors; closing")
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # CPython's address parser, which aiosmtpd uses, raises on some hostile
+        # input (`MAIL FROM:()"` -> IndexError; found by tests/smtp_fuzz.py):
+        # that is a syntax error for the client, not an internal error.
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError, TypeError, AttributeError):
+            return None, None
+
     # -- AUTH ------------------------------------------------------------------
 
     async def smtp_AUTH(self, arg: str) -> None:

@@ -13,8 +13,9 @@ Short run in the suite (tests/test_smtp_fuzz.py); long runs by hand:
 
     .venv/bin/python -m tests.smtp_fuzz --minutes 10
 
-Examples that failed, or that hypothesis found interesting, stay in
-tests/fuzz_corpus/smtp (its example database): every run replays them first.
+The regression corpus: REGRESSIONS below (sessions that once broke the
+gateway, replayed first by every run) and tests/fuzz_corpus/smtp, hypothesis's
+example database, which keeps a failing example until it passes.
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ steps = st.one_of(
 )
 sessions = st.lists(steps, min_size=1, max_size=25)
 
+# Sessions that broke the gateway once (each with what it broke).
+REGRESSIONS: list[list[Step]] = [
+    # CPython's address parser raised IndexError under aiosmtpd: 451 internal error.
+    [("line", b"EHLO client.test"), ("line", b'MAIL FROM:()"')],
+    [("line", b"EHLO client.test"), ("line", b"MAIL FROM:<a@down.test>"),
+     ("line", b'RCPT TO:()"')],
+]  # fmt: skip
+
 
 # -- talking to the gateway --------------------------------------------------------
 
@@ -188,7 +197,9 @@ def check_alive(port: int) -> None:
 
 def fuzz(port: int, examples: int, seconds: float) -> int:
     """Run sessions until `examples` or `seconds` is reached; how many ran."""
-    ran = 0
+    for session in REGRESSIONS:
+        run_session(port, session)
+    ran = len(REGRESSIONS)
     deadline = time.monotonic() + seconds
 
     @settings(

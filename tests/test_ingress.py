@@ -82,6 +82,8 @@ def test_250_carries_queue_id_and_logs_carry_it(gateway: GatewayProcess) -> None
         (["MAIL FROM:<a@sender.test>", "RCPT TO:<nodomain>"], (501, b"5.1.3")),
         (["BOGUS"], (500, b"5.5.2")),
         (["NOOP " + "x" * 600], (500, b"5.5.2")),
+        (['MAIL FROM:()"'], (553, b"5.1.3")),  # crashed CPython's parser (found by fuzzing)
+        (["MAIL FROM:<a@sender.test>", 'RCPT TO:()"'], (553, b"5.1.3")),
     ],
     ids=[
         "syntax",
@@ -92,6 +94,8 @@ def test_250_carries_queue_id_and_logs_carry_it(gateway: GatewayProcess) -> None
         "bad-rcpt",
         "unknown",
         "line-too-long",
+        "hostile-sender",
+        "hostile-recipient",
     ],
 )
 def test_bad_commands_get_clear_replies(

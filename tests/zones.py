@@ -15,6 +15,12 @@ MX = {
     "down": "127.0.0.12",
     "slowconn": "127.0.0.13",  # answers DATA slowly: for connection-limit tests
     "throttled": "127.0.0.14",  # answers like Gmail rate-limiting: for automation tests
+    # MTA-STS: the policy host (HTTPS) and MX hosts of domains with policies.
+    "sts_policy": "127.0.0.16",
+    "sts": "127.0.0.15",  # certificate valid for mx.sts.test (test CA)
+    "sts_bad": "127.0.0.17",  # self-signed certificate
+    "sts_testing": "127.0.0.18",  # self-signed, but the policy is in testing mode
+    "sts_mismatch": "127.0.0.19",  # not named by its domain's policy
 }
 
 ZONE = [
@@ -41,4 +47,17 @@ ZONE = [
     f"down A {MX['down']}",
     f"slowconn A {MX['slowconn']}",
     f"throttled A {MX['throttled']}",
+    *(
+        line
+        for name in ("sts", "stsbad", "ststesting", "stsmismatch")
+        for line in (
+            f"{name} MX 10 mx.{name}",
+            f'_mta-sts.{name} TXT "v=STSv1; id=20261124"',
+            f"mta-sts.{name} A {MX['sts_policy']}",
+        )
+    ),
+    f"mx.sts A {MX['sts']}",
+    f"mx.stsbad A {MX['sts_bad']}",
+    f"mx.ststesting A {MX['sts_testing']}",
+    f"mx.stsmismatch A {MX['sts_mismatch']}",
 ]

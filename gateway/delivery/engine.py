@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict, deque
@@ -25,12 +26,19 @@ from gateway.delivery.automation import ReplyAutomation, ReplyContext
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import Source, SourcePicker
 from gateway.delivery.holds import Hold, Holds, Scope
+from gateway.delivery.mta_sts import STS_SITE, MtaSts
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
-from gateway.delivery.smtp_client import SendResult, SmtpConnection, SmtpError
+from gateway.delivery.smtp_client import (
+    SendResult,
+    SmtpConnection,
+    SmtpError,
+    verifying_context,
+)
 from gateway.log import event
 from gateway.metrics import (
     ATTEMPT_SECONDS,
     BOUNCE_CLASSES,
+    MTA_STS_FAILURES,
     QUEUE_SECONDS,
     RECIPIENT_OUTCOMES,
     bounded,
@@ -93,6 +101,9 @@ class DeliveryEngine:
         self._plugins = plugins or PluginHost(config, plugins={})
         # The envelope sender for (qid, recipient index) when VERP is on (set by the app).
         self.envelope_sender: Callable[[str, int], str | None] | None = None
+        # MTA-STS policies of recipient domains (set by the app; None: not checked).
+        self.mta_sts: MtaSts | None = None
+        self._verified_tls = verifying_context(config.delivery.ca_file)
         self._spool = spool
         self._resolver = resolver
         self.sources = SourcePicker(config.egress, config.helo_name)
@@ -170,7 +181,7 @@ class DeliveryEngine:
     def _route(self, job: Job) -> None:
         """Queue a due job at its domain's site, looking the MX up first if needed."""
         hosts = self._resolver.cached(job.domain)
-        if hosts is not None:
+        if hosts is not None and (self.mta_sts is None or self.mta_sts.fresh(job.domain)):
             self._enqueue(job.domain, hosts, [job])
             return
         waiting = self._resolving.get(job.domain)
@@ -181,10 +192,23 @@ class DeliveryEngine:
         self._spawn(self._resolve(job.domain), f"resolve:{job.domain}")
 
     def _enqueue(self, domain: str, hosts: list[MxHost], jobs: list[Job]) -> None:
-        site = site_of(hosts)
+        policy = self.mta_sts.cached(domain) if self.mta_sts else None
+        enforced = policy is not None and policy.mode == "enforce"
+        if policy is not None and enforced:
+            # Only the MX hosts the policy names, over verified TLS: a site of
+            # its own, so domains without the policy keep opportunistic TLS.
+            hosts = [h for h in hosts if policy.allows(h.name)]
+            if not hosts:
+                MTA_STS_FAILURES.labels("mx_mismatch").inc()
+                reply = f"MTA-STS: no MX host of {domain} matches its policy"
+                for job in jobs:
+                    self._spawn(self._fail_job(job, "deferred", "4.7.5", reply, ""), "mta-sts")
+                return
+        site = site_of(hosts) + (STS_SITE if enforced else "")
         self._sites[site] = hosts
         if site not in self._rules:  # the first domain seen names the site's domain rules
-            self._rules[site] = self._shaping.resolve(domain, [h.name for h in hosts])
+            rules = self._shaping.resolve(domain, [h.name for h in hosts])
+            self._rules[site] = dataclasses.replace(rules, tls="verify") if enforced else rules
         now = time.time()
         for job in jobs:
             hold = self._label_hold(site, job, now)
@@ -222,6 +246,8 @@ class DeliveryEngine:
     async def _resolve(self, domain: str) -> None:
         try:
             hosts = await self._resolver.resolve(domain)
+            if self.mta_sts is not None:
+                await self.mta_sts.policy(domain)
         except DnsError as exc:
             kind: Kind = "bounced" if exc.permanent else "deferred"
             for job in self._resolving.pop(domain, []):
@@ -706,7 +732,8 @@ class DeliveryEngine:
         the site's TLS policy and timeouts; else the last error and its status."""
         cfg = self._config.delivery
         timeouts = cfg.timeouts.model_copy(update=rules.timeouts)
-        require_tls = rules.tls == "required"
+        verify = rules.tls == "verify"  # an MTA-STS policy in force
+        require_tls = rules.tls in ("required", "verify")
         error, status = "no MX host answered", "4.4.1"
         for host in shuffle_equal(self._sites[site]):
             for address in host.addresses:
@@ -722,8 +749,11 @@ class DeliveryEngine:
                         require_tls=require_tls,
                         server_name=host.name,
                         source_address=source.address,
+                        verify=self._verified_tls if verify else None,
                     )
                 except SmtpError as exc:
+                    if verify and exc.status == "4.7.5":
+                        MTA_STS_FAILURES.labels("certificate").inc()
                     error = f"{host.name}[{address}]: {exc}"
                     status = exc.status or "4.4.1"
                     event(

@@ -13,6 +13,7 @@ import asyncio
 import re
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway import _core
 from gateway.config import DeliveryTimeouts
@@ -67,9 +68,17 @@ class SendResult:
     data: Reply | None
 
 
+def verifying_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """TLS that checks the peer's certificate and name (MTA-STS, policy hosts):
+    against `ca_file`, else the system's CAs."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def _tls_context() -> ssl.SSLContext:
     # Opportunistic TLS (RFC 7435): encrypt when offered, without
-    # authenticating the peer; MTA-STS/DANE enforcement comes with issue 8.
+    # authenticating the peer; an MTA-STS policy asks for `verify` instead.
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -106,12 +115,15 @@ class SmtpConnection:
         require_tls: bool = False,
         server_name: str | None = None,
         source_address: str | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> SmtpConnection:
         """Connect, read the greeting, EHLO (HELO fallback), STARTTLS if offered.
 
         With `require_tls` (a site's `tls = "required"` policy) a server that
         does not offer STARTTLS or whose TLS fails is left before MAIL FROM:
-        SmtpError with status 4.7.10 (RFC 3463: encryption needed)."""
+        SmtpError with status 4.7.10 (RFC 3463: encryption needed). With
+        `verify` (an MTA-STS policy) the certificate must be valid for
+        `server_name`, else SmtpError with status 4.7.5."""
         local = (source_address, 0) if source_address else None
         try:
             reader, writer = await asyncio.wait_for(
@@ -129,11 +141,16 @@ class SmtpConnection:
             if starttls and "STARTTLS" in conn.extensions:
                 reply = await conn.command("STARTTLS", timeouts.starttls)
                 if reply.code == 220:
-                    await writer.start_tls(
-                        _tls_context(),
-                        server_hostname=server_name,
-                        ssl_handshake_timeout=timeouts.starttls,
-                    )
+                    try:
+                        await writer.start_tls(
+                            verify or _tls_context(),
+                            server_hostname=server_name,
+                            ssl_handshake_timeout=timeouts.starttls,
+                        )
+                    except (ssl.SSLError, ssl.CertificateError) as exc:
+                        why = "certificate not valid" if verify else "TLS handshake failed"
+                        status = "4.7.5" if verify else "4.7.0"
+                        raise SmtpError(f"{why}: {exc}", status=status) from None
                     conn.tls = True
                     await conn._hello(helo)
             if require_tls and not conn.tls:
