@@ -30,12 +30,13 @@ build: setup
 # Debian packages the tests use: nsd (real DNS server for test zones),
 # postfix (smtp-source/smtp-sink for the benchmark), opendkim (an independent
 # DKIM verifier for the tests), prometheus (scrapes a gateway to check the
-# metrics and every dashboard query).
+# metrics and every dashboard query), redis-server (the fleet's shared store).
 system-deps:
 	@command -v nsd >/dev/null && command -v smtp-source >/dev/null && \
-	  command -v opendkim >/dev/null && command -v prometheus >/dev/null || \
+	  command -v opendkim >/dev/null && command -v prometheus >/dev/null && \
+	  command -v redis-server >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    nsd postfix opendkim prometheus >/dev/null)
+	    nsd postfix opendkim prometheus redis-server >/dev/null)
 
 lint: setup
 	cargo fmt --all --check

@@ -42,7 +42,7 @@ class Gateway:
         self.config = config
         self.spool = Spool(config.spool_dir)
         self.plugins = PluginHost(config)
-        self.store = open_store(str(config.store_path))
+        self.store = open_store(config.store_settings)
         self.http = HttpServer(config.http.listen)
         self.admin = HttpServer(
             config.admin.listen,

@@ -429,8 +429,11 @@ class PluginsConfig(_Section):
 class StoreConfig(_Section):
     """Policy state (suppressions, consent, warm-up progress)."""
 
-    backend: Literal["sqlite"] = "sqlite"
-    path: Path | None = None  # default: <node.data_dir>/policy.sqlite3
+    # "sqlite": embedded, one node. "redis": shared by a fleet (docs/clustering.md).
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    path: Path | None = None  # sqlite; default: <node.data_dir>/policy.sqlite3
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "gateway"  # key prefix, so fleets can share a Redis
 
 
 class HttpConfig(_Section):
@@ -488,6 +491,11 @@ class Config(_Section):
     @property
     def store_path(self) -> Path:
         return self.store.path or self.node.data_dir / "policy.sqlite3"
+
+    @property
+    def store_settings(self) -> StoreConfig:
+        """[store] with the SQLite path filled in: what open_store() takes."""
+        return self.store.model_copy(update={"path": self.store_path})
 
     @property
     def helo_name(self) -> str:

@@ -27,6 +27,7 @@ from gateway.config import Config, ConfigError, describe_errors
 from gateway.log import event
 from gateway.metrics import PLUGIN_CALLS_FAILED, PLUGIN_DECISIONS, PLUGIN_HOOK_SECONDS
 from gateway.plugin import Decision, PluginContext
+from gateway.store import StoreUnavailable
 
 ENTRY_POINT_GROUP = "gateway"
 TRACE_ENV = "GATEWAY_TRACE_HOOKS"
@@ -103,7 +104,8 @@ class PluginHost:
     async def _call(
         self, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]
     ) -> tuple[str, Any]:
-        """("ok", result), or ("error" | "timeout", None) once logged and counted."""
+        """("ok", result), or ("error" | "timeout" | "unavailable", None) once logged
+        and counted ("unavailable": the policy store cannot be reached)."""
         args = {k: kwargs[k] for k in impl.argnames}
         started = time.perf_counter()
         timeout = self._timeout(impl.plugin_name)
@@ -114,6 +116,9 @@ class PluginHost:
         except TimeoutError:
             self._failed(hook, impl.plugin_name, "timeout", f"no answer within {timeout} s")
             return "timeout", None
+        except StoreUnavailable as exc:
+            self._failed(hook, impl.plugin_name, "store_unavailable", str(exc))
+            return "unavailable", None
         except Exception as exc:
             self._failed(hook, impl.plugin_name, "error", repr(exc), exc_info=True)
             return "error", None
@@ -169,6 +174,9 @@ class PluginHost:
             status, result = await self._call(hook, impl, kwargs)
             if status == "timeout" and hook.startswith("smtp_"):
                 return Decision.defer("Policy check timed out; try again later", status="4.3.0")
+            if status == "unavailable" and hook.startswith("smtp_"):
+                # The policy state is unreachable: fail closed, the client retries.
+                return Decision.defer("Policy state unavailable; try again later", status="4.3.0")
             if result is not None:
                 return result
         return None

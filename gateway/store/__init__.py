@@ -11,9 +11,13 @@ picked up within a second.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import StoreConfig
 
 Record = dict[str, Any]
 
@@ -51,7 +55,45 @@ class PolicyStore(ABC):
     def close(self) -> None: ...
 
 
-def open_store(path: str) -> PolicyStore:
+class StoreUnavailable(Exception):
+    """The shared store cannot be reached, so what it holds may be stale or
+    unknown: checks that depend on it fail closed (451 4.3.0 at SMTP)."""
+
+
+Entry = tuple[Record, float | None]  # a record and when it expires (None: never)
+
+
+class MirroredStore(PolicyStore):
+    """Reads from a memory copy of each namespace, loaded on first use."""
+
+    @abstractmethod
+    def _namespace(self, namespace: str) -> dict[str, Entry]:
+        """The namespace's entries, loading them if needed."""
+
+    def get(self, namespace: str, key: str) -> Record | None:
+        found = self._namespace(namespace).get(key)
+        if found is None or (found[1] is not None and found[1] <= time.time()):
+            return None
+        return found[0]
+
+    def scan(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        now = time.time()
+        for key, (record, expires) in list(self._namespace(namespace).items()):
+            if key.startswith(prefix) and (expires is None or expires > now):
+                yield key, record
+
+
+def open_store(target: str | StoreConfig) -> PolicyStore:
+    """The store a configuration names ([store]), or an SQLite file by path."""
+    if isinstance(target, str):
+        from gateway.store.sqlite import SqliteStore
+
+        return SqliteStore(target)
+    if target.backend == "redis":
+        from gateway.store.redis_store import RedisStore
+
+        return RedisStore(target.redis_url, target.redis_prefix)
     from gateway.store.sqlite import SqliteStore
 
-    return SqliteStore(path)
+    assert target.path is not None
+    return SqliteStore(target.path)

@@ -16,12 +16,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gateway.store import PolicyStore, Record
+from gateway.store import Entry, MirroredStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -46,14 +46,14 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore(PolicyStore):
+class SqliteStore(MirroredStore):
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._path = str(path)
         self._conn = _connect(self._path)
         self._lock = threading.Lock()  # one connection, used by the writer and by loads
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-store")
-        self._memory: dict[str, dict[str, tuple[Record, float | None]]] = {}
+        self._memory: dict[str, dict[str, Entry]] = {}
         self._data_version = self._version()
         self._checked = time.monotonic()
 
@@ -63,7 +63,7 @@ class SqliteStore(PolicyStore):
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _namespace(self, namespace: str) -> dict[str, tuple[Record, float | None]]:
+    def _namespace(self, namespace: str) -> dict[str, Entry]:
         now = time.monotonic()
         if now - self._checked >= EXTERNAL_CHECK_SECONDS:
             self._checked = now
@@ -80,18 +80,6 @@ class SqliteStore(PolicyStore):
                 ).fetchall()
             loaded = self._memory[namespace] = {k: (json.loads(v), e) for k, v, e in rows}
         return loaded
-
-    def get(self, namespace: str, key: str) -> Record | None:
-        found = self._namespace(namespace).get(key)
-        if found is None or (found[1] is not None and found[1] <= time.time()):
-            return None
-        return found[0]
-
-    def scan(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
-        now = time.time()
-        for key, (record, expires) in list(self._namespace(namespace).items()):
-            if key.startswith(prefix) and (expires is None or expires > now):
-                yield key, record
 
     # -- writes (durable, then memory) ----------------------------------------
 

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="the gateway's configuration file")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    store = open_store(str(config.store_path))
+    store = open_store(config.store_settings)
     try:
         if args.command == "export":
             count = -1  # the header
