@@ -75,3 +75,48 @@ def test_two_nodes_share_suppressions_and_fail_closed_without_redis(
             assert until(lambda: to(a, "dee@good.test"), lambda r: r.qid is None).refused
     finally:
         redis.stop()
+
+
+def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """site_message_rate 10/s: 60 messages through two nodes take about 5 s
+    together (each alone at 10/s would finish in 2 s). With Redis gone each
+    node holds the rate alone and mail still flows."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[domain."good.test"]\nsite_message_rate = "10/s"\n')
+    redis = RedisServer().start()
+    config = {
+        **base_config,
+        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "rate-test"},
+        "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]},
+        "plugins": {"enabled": ["bounce_classes"]},  # none that read the store at RCPT
+    }
+    try:
+        with (
+            Receiver(MX["good1"], mx_port) as mx,
+            GatewayProcess(tmp_path / "a", config) as a,
+            GatewayProcess(tmp_path / "b", config) as b,
+        ):
+            for n in range(30):
+                for node in (a, b):
+                    send_message(node.port, "app@sender.test", [f"r{n}@good.test"],
+                                 make_message(f"rate {n}"))  # fmt: skip
+            got = mx.wait_for(60, timeout=30)
+            times = sorted(m.at for m in got)
+            # 10 at once (the burst), then 10 a second for the 50 others.
+            assert times[-1] - times[0] >= 4.5
+            # After the first second (the burst plus a second's worth), never
+            # much over 10 in any second across both nodes.
+            later = [s for s in times if s >= times[0] + 1.0]
+            per_second = max(sum(1 for t in times if s <= t < s + 1.0) for s in later)
+            assert per_second <= 12
+
+            redis.kill()
+            for n in range(10):
+                send_message(a.port, "app@sender.test", [f"late{n}@good.test"],
+                             make_message("no redis"))  # fmt: skip
+            mx.wait_for(70, timeout=30)
+            assert a.wait_event("site_rates_local")["error"]
+    finally:
+        redis.stop()

@@ -28,6 +28,7 @@ from gateway.delivery.egress import Source, SourcePicker
 from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.mta_sts import STS_SITE, MtaSts
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
+from gateway.delivery.site_rates import SiteRates
 from gateway.delivery.smtp_client import (
     SendResult,
     SmtpConnection,
@@ -104,6 +105,10 @@ class DeliveryEngine:
         # MTA-STS policies of recipient domains (set by the app; None: not checked).
         self.mta_sts: MtaSts | None = None
         self._verified_tls = verifying_context(config.delivery.ca_file)
+        shared = config.store.backend == "redis"
+        self.site_rates = SiteRates(
+            config.store.redis_url if shared else None, config.store.redis_prefix
+        )
         self._spool = spool
         self._resolver = resolver
         self.sources = SourcePicker(config.egress, config.helo_name)
@@ -638,6 +643,7 @@ class DeliveryEngine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        await self.site_rates.close()
 
     # -- one connection --------------------------------------------------------
 
@@ -697,6 +703,14 @@ class DeliveryEngine:
                 if wait:
                     await asyncio.sleep(wait)
                     continue
+                if rules.site_message_rate:
+                    wait = await self.site_rates.reserve(site, rules.site_message_rate, now)
+                    if wait > RATE_WAIT_IN_SESSION:
+                        self._wait(lane, now + wait, "site message rate")
+                        break
+                    if wait:
+                        await asyncio.sleep(wait)
+                        continue
                 job = queue.popleft()
                 hold = self._label_hold(site, job, now)
                 if hold:

@@ -84,6 +84,8 @@ class Limits(_Model):
     connection_rate: RateText | None = None
     tls: Literal["opportunistic", "required"] | None = None
     timeouts: TimeoutOverrides | None = None
+    # The site's total over every source (and, with Redis, every node); optional.
+    site_message_rate: RateText | None = None
 
 
 class Automation(_Model):
@@ -132,6 +134,7 @@ class Resolved:
     message_rate: str
     connection_rate: str
     tls: str
+    site_message_rate: str = ""  # "" = no total beyond the per-source rates
     timeouts: dict[str, float] = field(default_factory=dict)
     automation: list[Automation] = field(default_factory=list)
 
@@ -142,6 +145,7 @@ def provider_of(rules: Resolved) -> str:
 
 
 _LIMIT_KEYS = tuple(k for k in Limits.model_fields if k != "timeouts")
+_OPTIONAL_KEYS = {"site_message_rate"}
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +202,7 @@ class Shaping:
             if layer.timeouts:
                 timeouts.update(layer.timeouts.model_dump(exclude_none=True))
             automation += layer.automation
-        missing = [k for k in _LIMIT_KEYS if k not in values]
+        missing = [k for k in _LIMIT_KEYS if k not in values and k not in _OPTIONAL_KEYS]
         if missing:
             raise ConfigError(f"shaping: [default] must set {', '.join(missing)}")
         return Resolved(provider=provider, automation=automation, timeouts=timeouts, **values)
