@@ -5,8 +5,11 @@ through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
     .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20] [--dkim]
+        [--ingress-processes N]
 
 With --dkim the gateway runs a second time signing every message (RSA-2048).
+With --ingress-processes N it runs SMTP ingress in N worker processes
+([node] ingress_processes), the main process delivering.
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -115,6 +118,7 @@ def run_gateway(
             '[domain."sink.bench"]\nmessage_rate = "1000000/s"\nconnection_rate = "1000000/s"\n'
         )
         config: dict[str, dict[str, Any]] = {
+            "node": {"ingress_processes": args.ingress_processes},
             "dns": {"nameservers": [dns.address], "port": dns.port},
             "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
             "log": {"level": "info"},
@@ -125,6 +129,12 @@ def run_gateway(
             config["dkim"] = {"keys": keys}
         name = "gw+dkim" if dkim else "gateway"
         with GatewayProcess(workdir / name, config) as gw:
+            if args.ingress_processes:  # every worker listening before the load starts
+                deadline = time.monotonic() + 30
+                while len(gw.events("worker_started")) < args.ingress_processes:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the ingress workers did not start")
+                    time.sleep(0.1)
             return measure(name, gw.port, sink, args)
 
 
@@ -147,6 +157,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per phase")
     parser.add_argument(
         "--dkim", action="store_true", help="also run the gateway signing with RSA-2048"
+    )
+    parser.add_argument(
+        "--ingress-processes", type=int, default=0, help="[node] ingress_processes of the gateway"
     )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "nsd"):

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 
-from prometheus_client import REGISTRY
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway import __version__
 from gateway.accounting import close_accounting, open_accounting
@@ -21,18 +22,22 @@ from gateway.delivery.smtp_client import verifying_context
 from gateway.dkim import KeyStore
 from gateway.domain_check import egress_warnings
 from gateway.feedback.processor import FeedbackLoop
-from gateway.http import HttpServer, metrics_page
+from gateway.http import HttpServer
 from gateway.ingress import IngressHandler
+from gateway.ingress_link import IngressBridge
 from gateway.log import event
 from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
-from gateway.smtp_server import GatewaySMTP, drain_sessions, make_server_factory
+from gateway.smtp_server import GatewaySMTP, drain_sessions, open_listeners
 from gateway.spool import Spool
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
 from gateway.tls import ServerTls
 from gateway.webhooks import Webhooks
+from gateway.worker_metrics import exposition
+from gateway.worker_metrics import reset as reset_metrics
+from gateway.workers import Workers
 
 SHUTDOWN_GRACE_SECONDS = 30.0
 
@@ -68,18 +73,34 @@ class Gateway:
         self.keys = KeyStore(config.dkim)
         self.tls = ServerTls(config.smtp.tls)
         self.pipeline = MessagePipeline(config, self.keys)
-        feedback_on = bool(config.feedback.bounce_domain or config.feedback.fbl_addresses)
         self.handler = IngressHandler(
             config,
             self.spool,
             self.engine.submit,
             self.pipeline,
             self.plugins,
-            self.feedback if feedback_on else None,
+            self.feedback if self.feedback.enabled else None,
         )
         self._servers: list[asyncio.Server] = []
+        # With ingress_processes, workers take SMTP and this process is the
+        # queue manager: it delivers, and schedules what workers queued.
+        self.metrics_dir = config.node.data_dir / "metrics"
+        self.workers = Workers(config, self.metrics_dir) if config.node.ingress_processes else None
+        self.bridge = IngressBridge(
+            config.ingress_socket, self._queued_by_worker, self.feedback.receive
+        )
         self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+
+    async def _queued_by_worker(self, qid: str) -> None:
+        try:
+            self.engine.submit(await self.spool.load(qid))
+        except (OSError, ValueError, KeyError) as exc:
+            event("worker_queued_unreadable", logging.ERROR, qid=qid, error=str(exc))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = exposition(self.metrics_dir) if self.workers else generate_latest()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _context(self, name: str) -> PluginContext:
         return PluginContext(
@@ -98,9 +119,11 @@ class Gateway:
     async def start(self) -> None:
         open_accounting(self.config.accounting, self.config.node.data_dir)
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
-        self._collector = StateCollector(self.engine, lambda: len(GatewaySMTP.sessions))
+        self._collector = StateCollector(
+            self.engine, lambda: len(GatewaySMTP.sessions) + self.bridge.inbound
+        )
         REGISTRY.register(self._collector)
-        self.admin.add("GET", "/metrics", metrics_page)
+        self.admin.add("GET", "/metrics", self._metrics)
         add_admin_routes(self.admin, self.engine, self.keeper, self.handler)
         await self.http.start()
         await self.admin.start()
@@ -115,19 +138,12 @@ class Gateway:
                 continue
             self.engine.submit(message)
             recovered += 1
-        loop = asyncio.get_running_loop()
-        plain = make_server_factory(self.handler, self.config, self.tls.context)
-        for host, port in self.config.smtp.listen_addresses():
-            server = await loop.create_server(plain, host, port, reuse_address=True)
-            self._servers.append(server)
-            event("listening", address=f"{host}:{port}", starttls=self.tls.context is not None)
-        implicit = make_server_factory(self.handler, self.config, implicit_tls=True)
-        for host, port in self.config.smtp.submissions_addresses():
-            server = await loop.create_server(
-                implicit, host, port, reuse_address=True, ssl=self.tls.context
-            )
-            self._servers.append(server)
-            event("listening", address=f"{host}:{port}", implicit_tls=True)
+        if self.workers is not None:
+            reset_metrics(self.metrics_dir)
+            await self.bridge.start()
+            self.workers.start()  # they listen once their plugins have started
+        else:
+            self._servers = await open_listeners(self.handler, self.config, self.tls.context)
         event(
             "started",
             version=__version__,
@@ -183,6 +199,9 @@ class Gateway:
         event("stopping", queued=self.engine.queued_messages)
         for server in self._servers:
             server.close()  # stop accepting; open sessions continue
+        if self.workers is not None:
+            await self.workers.stop(SHUTDOWN_GRACE_SECONDS)  # they finish their sessions
+            await self.bridge.stop()
         await drain_sessions(self.handler, SHUTDOWN_GRACE_SECONDS)
         await self.engine.stop(SHUTDOWN_GRACE_SECONDS)
         delivery.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from gateway.tls import ServerTls, TlsError
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["ingress-worker"]:  # started by the queue manager (workers.py)
+        return _ingress_worker(int(args_in[1]))
     parser = argparse.ArgumentParser(prog="gateway", description="Deliverability Gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway (embedded defaults without --config)")
@@ -104,6 +108,16 @@ def _passwd(args: argparse.Namespace) -> int:
         return 2
     fields = [args.user, hash_password(password), args.tenant, args.stream]
     print(":".join(fields).rstrip(":"))
+    return 0
+
+
+def _ingress_worker(index: int) -> int:
+    from gateway.ingress_worker import run_worker
+    from gateway.workers import CONFIG_ENV
+
+    config = Config.model_validate_json(os.environ[CONFIG_ENV])
+    setup_logging(config.log.level, config.log.format, process=f"ingress-{index}")
+    run_worker(config, index)
     return 0
 
 

@@ -6,9 +6,11 @@ No file means the embedded defaults, which run a safe single node on loopback.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import socket
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -79,6 +81,10 @@ class _Section(BaseModel):
 class NodeConfig(_Section):
     hostname: str = Field(default_factory=socket.getfqdn)
     data_dir: Path = Path("data")
+    # SMTP ingress in this many worker processes sharing the listening
+    # addresses (0: in the main process, which also delivers). See
+    # docs/architecture.md, "Processes".
+    ingress_processes: int = Field(default=0, ge=0, le=64)
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3
@@ -500,6 +506,17 @@ class Config(_Section):
     @property
     def helo_name(self) -> str:
         return self.delivery.helo_name or self.node.hostname
+
+    @property
+    def ingress_socket(self) -> Path:
+        """Where ingress workers reach the queue manager: in the data directory,
+        or, when that path is too long for a Unix socket (108 bytes), in a
+        private directory under /tmp named after it."""
+        path = self.node.data_dir.absolute() / "ingress.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"gateway-{digest}" / "ingress.sock"
 
     @property
     def spool_dir(self) -> Path:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import parse_hostport
 from gateway.log import event
@@ -75,13 +74,6 @@ def _token_auth(token: str, open_paths: tuple[str, ...]) -> Any:
         return response
 
     return check
-
-
-async def metrics_page(request: web.Request) -> web.Response:
-    """Prometheus exposition of the gateway's metrics (issue 7 adds the rest)."""
-    response = web.Response(body=generate_latest())
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response
 
 
 async def csv_response(request: web.Request, chunks: Iterable[str]) -> web.StreamResponse:

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.accounting import account
 from gateway.auth import Authenticator
 from gateway.config import Config
-from gateway.feedback.processor import FeedbackLoop
+from gateway.feedback.processor import FeedbackIdentity
 from gateway.log import event
 from gateway.metrics import (
     ACCEPT_SECONDS,
@@ -84,7 +84,7 @@ class IngressHandler:
         submit: Callable[[SpooledMessage], None],
         pipeline: MessagePipeline,
         plugins: PluginHost | None = None,
-        feedback: FeedbackLoop | None = None,
+        feedback: FeedbackIdentity | None = None,
     ) -> None:
         self._config = config
         self._plugins = plugins or PluginHost(config, plugins={})

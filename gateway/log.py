@@ -12,12 +12,18 @@ _logger = logging.getLogger("gateway")
 
 
 class _JsonFormatter(logging.Formatter):
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self._process = process
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
+        if self._process:
+            line["proc"] = self._process
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
@@ -34,9 +40,10 @@ class _TextFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(level: str = "info", fmt: str = "json") -> None:
+def setup_logging(level: str = "info", fmt: str = "json", process: str = "") -> None:
+    """`process` names a worker process in every line ("proc"; JSON format)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setFormatter(_JsonFormatter(process) if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

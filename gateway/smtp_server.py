@@ -351,6 +351,31 @@ def make_server_factory(
     return factory
 
 
+async def open_listeners(
+    policy: SessionPolicy, config: Config, tls: ssl.SSLContext | None, reuse_port: bool = False
+) -> list[asyncio.Server]:
+    """The SMTP listeners of [smtp]: plain ones (with STARTTLS when `tls`) and
+    implicit-TLS ones. `reuse_port`: several ingress processes share each
+    address and the kernel spreads connections over them."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    plain = make_server_factory(policy, config, tls)
+    for host, port in config.smtp.listen_addresses():
+        servers.append(
+            await loop.create_server(plain, host, port, reuse_address=True, reuse_port=reuse_port)
+        )
+        event("listening", address=f"{host}:{port}", starttls=tls is not None)
+    implicit = make_server_factory(policy, config, implicit_tls=True)
+    for host, port in config.smtp.submissions_addresses():
+        servers.append(
+            await loop.create_server(
+                implicit, host, port, reuse_address=True, reuse_port=reuse_port, ssl=tls
+            )
+        )
+        event("listening", address=f"{host}:{port}", implicit_tls=True)
+    return servers
+
+
 async def drain_sessions(policy: SessionPolicy, grace: float) -> None:
     """Wait for open transactions to finish, then close every session with 421."""
     deadline = time.monotonic() + grace

@@ -248,6 +248,11 @@ class Spool:
                 path.rename(bad / path.name)
                 event("spool_corrupt", level=40, qid=path.name, error=str(exc))
 
+    async def load(self, qid: str) -> SpooledMessage:
+        """One queued message with its recipients' state (another process wrote it)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._load, self.queue / qid)
+
     def _load(self, path: Path) -> SpooledMessage:
         with path.open("rb") as fh:
             header = fh.readline()

@@ -10,7 +10,6 @@ from typing import Any
 from gateway.admin import add_routes
 from gateway.app import Gateway
 from gateway.config import Config
-from gateway.http import metrics_page
 from gateway.openapi import PATHS
 from gateway.testing import GatewayProcess
 from gateway.testing.process import admin_request
@@ -104,7 +103,7 @@ def served_routes(config: dict[str, Any], workdir: Path) -> set[tuple[str, str]]
     listener, read from its router (built in this process, not started)."""
     cfg = Config.model_validate({**config, "node": {"data_dir": str(workdir)}})
     gw = Gateway(cfg)
-    gw.admin.add("GET", "/metrics", metrics_page)
+    gw.admin.add("GET", "/metrics", gw._metrics)
     add_routes(gw.admin, gw.engine, gw.keeper, gw.handler)
     contexts = {name: gw._context(name) for name in gw.plugins.names}
     asyncio.run(gw.plugins.startup(contexts))

@@ -887,6 +887,8 @@ class DeliveryEngine:
         retry_at: float | None = None
         retry: list[int] = []
         outcomes_for_plugins: list[Delivery] = []
+        logged: list[tuple[str, dict[str, Any]]] = []  # log lines and accounting entries,
+        accounted: list[dict[str, Any]] = []  # written once the outcomes are recorded
         for o in outcomes:
             rcpt = message.recipients[o.index]
             attempts = rcpt.attempts + 1
@@ -943,27 +945,31 @@ class DeliveryEngine:
                 QUEUE_SECONDS.labels(kind).observe(now - env.received_at)
             if "n" in record:
                 fields["next_attempt"] = record["n"]
-            event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
-            account(
-                "transient" if kind == "deferred" else kind,
-                qid=env.qid,
-                time_queued=round(env.received_at, 3),
-                sender=env.sender,
-                recipient=rcpt.address,
-                dsn_action={"delivered": "delivered", "deferred": "delayed"}.get(kind, "failed"),
-                dsn_status=status,
-                dsn_diag=o.reply,
-                remote_mta=o.remote,
-                remote_ip=peer_ip,
-                source=source,
-                source_ip=self.sources.address_of(source),
-                size=env.size,
-                bounce_class=bounce_class,
-                attempts=attempts,
-                tenant=env.tenant,
-                campaign=env.campaign,
-                message_id=env.message_id,
-                next_attempt=record.get("n"),
+            logged.append((kind, fields))
+            accounted.append(
+                dict(
+                    kind="transient" if kind == "deferred" else kind,
+                    qid=env.qid,
+                    time_queued=round(env.received_at, 3),
+                    sender=env.sender,
+                    recipient=rcpt.address,
+                    dsn_action={"delivered": "delivered", "deferred": "delayed"}.get(
+                        kind, "failed"
+                    ),
+                    dsn_status=status,
+                    dsn_diag=o.reply,
+                    remote_mta=o.remote,
+                    remote_ip=peer_ip,
+                    source=source,
+                    source_ip=self.sources.address_of(source),
+                    size=env.size,
+                    bounce_class=bounce_class,
+                    attempts=attempts,
+                    tenant=env.tenant,
+                    campaign=env.campaign,
+                    message_id=env.message_id,
+                    next_attempt=record.get("n"),
+                )
             )
             outcomes_for_plugins.append(
                 Delivery(
@@ -994,6 +1000,11 @@ class DeliveryEngine:
         except OSError as exc:
             # The outcome is kept in memory; after a crash it is tried again.
             event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
+        # Logged once recorded: a "delivered" line means it will not be sent again.
+        for kind, fields in logged:
+            event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
+        for entry in accounted:
+            account(**entry)
         for record in records:
             message.apply(record)
         self._tell_plugins(outcomes_for_plugins)

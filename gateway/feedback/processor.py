@@ -44,24 +44,19 @@ ID_HEADER = "X-Gateway-Id"
 _ID_LINE = re.compile(rb"^X-Gateway-Id:[ \t]*(\S+)", re.MULTILINE | re.IGNORECASE)
 
 
-class FeedbackLoop:
-    def __init__(
-        self,
-        config: FeedbackConfig,
-        hostname: str,
-        store: PolicyStore,
-        plugins: PluginHost,
-        throttle: Throttle,
-    ) -> None:
+class FeedbackIdentity:
+    """Our feedback addresses and the tokens that tie reports to what we sent:
+    all an ingress process needs to know which mail is a report for us."""
+
+    def __init__(self, config: FeedbackConfig, hostname: str) -> None:
         self._config = config
         self._secret = derive_secret(config.secret, hostname)
-        self._plugins = plugins
-        self.sent = SentIndex(store, config.remember)
-        self.complaints = ComplaintMonitor(config, throttle)
         self._fbl = {a.lower() for a in config.fbl_addresses}
         self._bounce_domain = config.bounce_domain.lower()
 
-    # -- what goes out -----------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return bool(self._bounce_domain or self._fbl)
 
     def id_header(self, qid: str) -> tuple[str, str]:
         return ID_HEADER, message_id_token(self._secret, qid)
@@ -72,13 +67,32 @@ class FeedbackLoop:
             return None
         return verp_address(self._secret, qid, index, self._bounce_domain)
 
-    # -- what comes back ------------------------------------------------------------
-
     def accepts(self, address: str) -> bool:
         """Is this a feedback address of ours (taken from anyone, never relayed)?"""
         address = address.strip("<>").lower()
         domain = address.rpartition("@")[2]
         return address in self._fbl or bool(self._bounce_domain and domain == self._bounce_domain)
+
+    async def receive(self, recipients: list[str], raw: bytes) -> str:
+        """Process one inbound report; the SMTP reply."""
+        raise NotImplementedError
+
+
+class FeedbackLoop(FeedbackIdentity):
+    def __init__(
+        self,
+        config: FeedbackConfig,
+        hostname: str,
+        store: PolicyStore,
+        plugins: PluginHost,
+        throttle: Throttle,
+    ) -> None:
+        super().__init__(config, hostname)
+        self._plugins = plugins
+        self.sent = SentIndex(store, config.remember)
+        self.complaints = ComplaintMonitor(config, throttle)
+
+    # -- what comes back ------------------------------------------------------------
 
     async def receive(self, recipients: list[str], raw: bytes) -> str:
         """Process one inbound report; the SMTP reply."""

@@ -1,0 +1,161 @@
+"""Between ingress processes and the queue manager: a Unix socket carrying
+JSON lines.
+
+The spool is the contract: a worker answers 250 only once the message is in
+`spool/queue/`, and then tells the queue manager its queue ID; the queue
+manager reads the envelope from the spool and schedules it. A notice lost in
+a crash is harmless, because the queue manager rebuilds its queue from the
+spool when it starts. Reports to our feedback addresses are processed by
+the queue manager (it knows what was sent and keeps the complaint rates),
+so a worker hands them over and waits for the reply to give its client.
+
+    worker -> manager   {"op": "queued", "qid": Q}
+    worker -> manager   {"op": "stats", "inbound": N}        (open sessions, each second)
+    worker -> manager   {"op": "feedback", "id": N, "rcpts": [...], "data": BASE64}
+    manager -> worker   {"id": N, "reply": "250 2.0.0 Report received"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.config import FeedbackConfig
+from gateway.feedback.processor import FeedbackIdentity
+from gateway.log import event
+from gateway.spool import SpooledMessage
+
+MAX_LINE = 64 * 1024 * 1024  # a feedback report, base64: within max_message_size
+
+
+class IngressBridge:
+    """The queue manager's end: accepts workers, schedules what they queued."""
+
+    def __init__(
+        self,
+        path: Path,
+        queued: Callable[[str], Awaitable[None]],
+        feedback: Callable[[list[str], bytes], Awaitable[str]],
+    ) -> None:
+        self.path = path
+        self._queued = queued
+        self._feedback = feedback
+        self._server: asyncio.Server | None = None
+        self._inbound: dict[int, int] = {}  # per worker connection: its open sessions
+
+    @property
+    def inbound(self) -> int:
+        """Open SMTP sessions in all workers, as last reported."""
+        return sum(self._inbound.values())
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
+        os.chmod(self.path, 0o600)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        worker = id(writer)
+        try:
+            while line := await reader.readline():
+                request = json.loads(line)
+                if request["op"] == "stats":
+                    self._inbound[worker] = int(request["inbound"])
+                elif request["op"] == "queued":
+                    await self._queued(request["qid"])
+                elif request["op"] == "feedback":
+                    raw = base64.b64decode(request["data"])
+                    reply = await self._feedback(request["rcpts"], raw)
+                    writer.write(json.dumps({"id": request["id"], "reply": reply}).encode() + b"\n")
+        except (ConnectionError, ValueError, KeyError) as exc:
+            event("ingress_link_error", logging.ERROR, error=repr(exc))
+        finally:
+            self._inbound.pop(worker, None)
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class ManagerLink:
+    """A worker's end: tells the queue manager what was queued."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._ids = itertools.count(1)
+        self._reader_task: asyncio.Task[None] | None = None
+        self.lost = asyncio.Event()  # the queue manager went away
+
+    async def connect(self) -> None:
+        reader, self._writer = await asyncio.open_unix_connection(self._path, limit=MAX_LINE)
+        self._reader_task = asyncio.create_task(self._read(reader), name="manager-link")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                answer = json.loads(line)
+                future = self._waiting.pop(answer["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(answer["reply"])
+        finally:
+            self.lost.set()
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_result("451 4.3.0 Could not process the report; try again later")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._writer is None or self.lost.is_set():
+            raise ConnectionError("the queue manager is gone")
+        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def queued(self, message: SpooledMessage) -> None:
+        """The message is on disk: schedule it (IngressHandler's submit)."""
+        with contextlib.suppress(ConnectionError):
+            # If this fails the manager is restarting and finds it in the spool.
+            self._send({"op": "queued", "qid": message.qid})
+
+    def stats(self, inbound: int) -> None:
+        with contextlib.suppress(ConnectionError):
+            self._send({"op": "stats", "inbound": inbound})
+
+    async def feedback(self, recipients: list[str], raw: bytes) -> str:
+        number = next(self._ids)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = future
+        self._send(
+            {"op": "feedback", "id": number, "rcpts": recipients,
+             "data": base64.b64encode(raw).decode()}
+        )  # fmt: skip
+        return await future
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+class RemoteFeedback(FeedbackIdentity):
+    """Feedback addresses as a worker sees them: reports go to the manager."""
+
+    def __init__(self, config: FeedbackConfig, hostname: str, link: ManagerLink) -> None:
+        super().__init__(config, hostname)
+        self._link = link
+
+    async def receive(self, recipients: list[str], raw: bytes) -> str:
+        return await self._link.feedback(recipients, raw)
