@@ -72,6 +72,28 @@ def test_the_store_is_durable_reads_its_writes_and_sees_other_processes(tmp_path
     reopened.close()
 
 
+def test_cold_namespaces_stay_on_disk_and_expired_rows_are_purged(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "policy.sqlite3")
+    store.keep_cold("sent")
+
+    async def writes() -> None:
+        await store.put_many("sent", [(f"q{n}", {"n": n}, None) for n in range(1000)])
+        await store.put("sent", "old", {"n": -1}, expires_at=time.time() - 1)
+        await store.put("hot", "a", {"n": 1})
+        store._purged = 0.0  # as if a minute had passed: the next write purges
+        await store.put("hot", "b", {"n": 2})
+
+    asyncio.run(writes())
+    assert store.get("sent", "q7") == {"n": 7}
+    assert sum(1 for _ in store.scan("sent", "q9")) == 111  # q9, q90..q99, q900..q999
+    assert "sent" not in store._memory  # never loaded into memory
+    assert store.get("hot", "a") == {"n": 1}
+    with sqlite3.connect(tmp_path / "policy.sqlite3") as db:
+        (left,) = db.execute("SELECT COUNT(*) FROM records WHERE key = 'old'").fetchone()
+    assert left == 0
+    store.close()
+
+
 def test_consent_rules(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "p.sqlite3")
     consent = Consent()

@@ -251,7 +251,8 @@ class FeedbackLoop(FeedbackIdentity):
 
     @hookimpl
     def delivery_delivered(self, delivery: Delivery) -> None:
-        self.sent.delivered(delivery)
+        if self.enabled:  # without feedback addresses no report can come back
+            self.sent.delivered(delivery)
         self.complaints.delivered(
             delivery.sender_domain, delivery.source, delivery.provider, time.time()
         )

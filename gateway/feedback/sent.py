@@ -24,6 +24,7 @@ FLUSH_SECONDS = 1.0
 class SentIndex:
     def __init__(self, store: PolicyStore, remember: float) -> None:
         self._store = store
+        store.keep_cold(NAMESPACE)  # one record per message sent: never all in memory
         self._remember = remember
         self._pending: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None

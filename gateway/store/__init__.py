@@ -51,6 +51,11 @@ class PolicyStore(ABC):
         """Remove a record; False if there was none."""
         return await self.delete_many(namespace, [key]) > 0
 
+    def keep_cold(self, namespace: str) -> None:  # noqa: B027 - optional for backends
+        """Read `namespace` from the backend on demand instead of holding it in
+        memory: for large, rarely read namespaces (the sent-message index).
+        A backend without a memory copy has nothing to do."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -64,21 +69,46 @@ Entry = tuple[Record, float | None]  # a record and when it expires (None: never
 
 
 class MirroredStore(PolicyStore):
-    """Reads from a memory copy of each namespace, loaded on first use."""
+    """Reads from a memory copy of each namespace, loaded on first use; cold
+    namespaces are read from the backend each time."""
+
+    _cold: frozenset[str] = frozenset()
 
     @abstractmethod
     def _namespace(self, namespace: str) -> dict[str, Entry]:
         """The namespace's entries, loading them if needed."""
 
+    @abstractmethod
+    def _fetch(self, namespace: str, key: str) -> Entry | None:
+        """One entry of a cold namespace, from the backend."""
+
+    @abstractmethod
+    def _fetch_prefix(self, namespace: str, prefix: str) -> Iterator[tuple[str, Entry]]:
+        """The entries of a cold namespace whose keys start with `prefix`."""
+
+    def keep_cold(self, namespace: str) -> None:
+        self._cold = self._cold | {namespace}
+
+    def _held(self, namespace: str) -> dict[str, Entry] | None:
+        """The memory copy to update after a write, if the namespace is held."""
+        return None if namespace in self._cold else self._namespace(namespace)
+
     def get(self, namespace: str, key: str) -> Record | None:
-        found = self._namespace(namespace).get(key)
+        if namespace in self._cold:
+            found = self._fetch(namespace, key)
+        else:
+            found = self._namespace(namespace).get(key)
         if found is None or (found[1] is not None and found[1] <= time.time()):
             return None
         return found[0]
 
     def scan(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
         now = time.time()
-        for key, (record, expires) in list(self._namespace(namespace).items()):
+        if namespace in self._cold:
+            entries: Iterator[tuple[str, Entry]] = self._fetch_prefix(namespace, prefix)
+        else:
+            entries = iter(list(self._namespace(namespace).items()))
+        for key, (record, expires) in entries:
             if key.startswith(prefix) and (expires is None or expires > now):
                 yield key, record
 

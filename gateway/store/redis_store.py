@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -87,6 +87,21 @@ class RedisStore(MirroredStore):
         except ERRORS as exc:
             self._healthy.clear()
             raise StoreUnavailable(f"Redis: {exc}") from None
+
+    def _fetch(self, namespace: str, key: str) -> Entry | None:
+        try:
+            raw = self._redis.hget(self._key(namespace), key)
+        except ERRORS as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from None
+        return _entry(raw) if raw is not None else None
+
+    def _fetch_prefix(self, namespace: str, prefix: str) -> Iterator[tuple[str, Entry]]:
+        try:
+            found = list(self._redis.hscan_iter(self._key(namespace), match=f"{prefix}*"))
+        except ERRORS as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from None
+        for field, raw in found:
+            yield field.decode(), _entry(raw)
 
     # -- writes (Redis, then memory) ---------------------------------------------
 

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS records (
 
 # How often reads look for other processes' writes.
 EXTERNAL_CHECK_SECONDS = 1.0
+# How often a write also deletes expired records.
+PURGE_SECONDS = 60.0
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -56,6 +58,7 @@ class SqliteStore(MirroredStore):
         self._memory: dict[str, dict[str, Entry]] = {}
         self._data_version = self._version()
         self._checked = time.monotonic()
+        self._purged = time.time()
 
     # -- reads (memory) --------------------------------------------------------
 
@@ -81,6 +84,24 @@ class SqliteStore(MirroredStore):
             loaded = self._memory[namespace] = {k: (json.loads(v), e) for k, v, e in rows}
         return loaded
 
+    def _fetch(self, namespace: str, key: str) -> Entry | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value, expires_at FROM records WHERE namespace = ? AND key = ?",
+                (namespace, key),
+            ).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def _fetch_prefix(self, namespace: str, prefix: str) -> Iterator[tuple[str, Entry]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, value, expires_at FROM records WHERE namespace = ? "
+                "AND key >= ? AND key < ?",
+                (namespace, prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        for key, value, expires in rows:
+            yield key, (json.loads(value), expires)
+
     # -- writes (durable, then memory) ----------------------------------------
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
@@ -90,6 +111,13 @@ class SqliteStore(MirroredStore):
                 changed = 0
                 for row in rows:
                     changed += self._conn.execute(sql, row).rowcount
+                now = time.time()
+                if now - self._purged >= PURGE_SECONDS:  # expired rows go, now and then
+                    self._purged = now
+                    self._conn.execute(
+                        "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at < ?",
+                        (now,),
+                    )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -117,17 +145,19 @@ class SqliteStore(MirroredStore):
             "value = excluded.value, expires_at = excluded.expires_at",
             rows,
         )
-        memory = self._namespace(namespace)
-        for key, record, expires in items:
-            memory[key] = (dict(record), expires)
+        memory = self._held(namespace)
+        if memory is not None:
+            for key, record, expires in items:
+                memory[key] = (dict(record), expires)
 
     async def delete_many(self, namespace: str, keys: Sequence[str]) -> int:
         changed = await self._run(
             "DELETE FROM records WHERE namespace = ? AND key = ?", [(namespace, k) for k in keys]
         )
-        memory = self._namespace(namespace)
-        for key in keys:
-            memory.pop(key, None)
+        memory = self._held(namespace)
+        if memory is not None:
+            for key in keys:
+                memory.pop(key, None)
         return changed
 
     def close(self) -> None:
