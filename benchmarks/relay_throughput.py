@@ -10,7 +10,10 @@ sink, and prints messages/s for each and the ratio gateway/Postfix.
 With --dkim the gateway runs a second time signing every message (RSA-2048,
 relaxed/relaxed), and so does Postfix with OpenDKIM as its milter.
 With --ingress-processes N it runs SMTP ingress in N worker processes
-([node] ingress_processes), the main process delivering.
+([node] ingress_processes), the main process delivering. Each gateway run also
+prints its p50/p99 accept latency (end of DATA to 250, from its
+gateway_accept_seconds histogram), and the accept-only rate of an aiosmtpd
+server that does nothing with the mail is measured as a ceiling for ingress.
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -24,8 +27,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +135,66 @@ def run_gateway(
             config["dkim"] = {"keys": keys}
         name = "gw+dkim" if dkim else "gateway"
         with GatewayProcess(workdir / name, config) as gw:
+            gw_admin = gw.admin_port
             if args.ingress_processes:  # every worker listening before the load starts
                 deadline = time.monotonic() + 30
                 while len(gw.events("worker_started")) < args.ingress_processes:
                     if time.monotonic() > deadline:
                         raise TimeoutError("the ingress workers did not start")
                     time.sleep(0.1)
-            return measure(name, gw.port, sink, args)
+            result = measure(name, gw.port, sink, args)
+            p50, p99 = accept_latency(gw_admin)
+            print(f"{'':<10} accept latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+            return result | {"p50": p50, "p99": p99}
+
+
+def accept_latency(admin_port: int) -> tuple[float, float]:
+    """p50 and p99 of gateway_accept_seconds, interpolated within its buckets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    buckets = sorted(
+        (float("inf") if le == "+Inf" else float(le), float(count))
+        for le, count in re.findall(r'gateway_accept_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
+    )
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        lower_edge, lower_count = 0.0, 0.0
+        for edge, count in buckets:
+            if count >= q * total:
+                if edge == float("inf"):
+                    return lower_edge
+                share = (q * total - lower_count) / max(count - lower_count, 1e-9)
+                return lower_edge + (edge - lower_edge) * share
+            lower_edge, lower_count = edge, count
+        return lower_edge
+
+    return quantile(0.5), quantile(0.99)
+
+
+NOOP_SERVER = """
+import asyncio, sys
+from aiosmtpd.controller import Controller
+class Nothing:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 OK"
+Controller(Nothing(), hostname="127.0.0.1", port=int(sys.argv[1])).start()
+asyncio.get_event_loop().run_forever()
+"""
+
+
+def run_noop(args: argparse.Namespace) -> float:
+    """smtp-source into an aiosmtpd server that accepts and drops: accepted msg/s."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(port)])
+    try:
+        wait_for_port("127.0.0.1", port)
+        rate: float = args.messages / drive(port, args.messages, args.sessions, args.size)
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"{'noop':<10} accepted {rate:8.0f} msg/s   (aiosmtpd, does nothing)", flush=True)
+    return rate
 
 
 def run_postfix(sink: Sink, args: argparse.Namespace, dkim: bool = False) -> dict[str, float]:
@@ -211,8 +269,10 @@ def main() -> None:
             signing = run_gateway(workdir, sink, args, dkim=True) if args.dkim else None
             postfix = run_postfix(sink, args)
             postfix_signing = run_postfix(sink, args, dkim=True) if args.dkim else None
+            noop = run_noop(args)
         finally:
             sink.stop()
+    print(f"ratio gateway/aiosmtpd no-op, accept: {gateway['accept_per_s'] / noop:.2f}")
     for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
         print(f"ratio gateway/postfix, {label}: {gateway[key] / postfix[key]:.2f}")
         if signing and postfix_signing:
