@@ -77,31 +77,44 @@ def test_two_nodes_share_suppressions_and_fail_closed_without_redis(
         redis.stop()
 
 
+def shaped_fleet(
+    base: dict[str, Any], redis: RedisServer, rules: Path, rule: str
+) -> dict[str, Any]:
+    """Nodes sharing `redis` with one shaping `rule` file, and no plugin that
+    reads the store at RCPT (so only the limits under test act)."""
+    rules.write_text(rule)
+    return {
+        **base,
+        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": rules.stem},
+        "delivery": {**base["delivery"], "shaping_files": [str(rules)]},
+        "plugins": {"enabled": ["bounce_classes"]},
+    }
+
+
+def send_through(nodes: tuple[GatewayProcess, ...], count: int, domain: str) -> None:
+    """`count` messages through each node in turn, one recipient each."""
+    for n in range(count):
+        for node in nodes:
+            message = make_message(f"fleet {n}")
+            send_message(node.port, "app@sender.test", [f"r{n}@{domain}"], message)
+
+
 def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
     tmp_path: Path, base_config: dict[str, Any], mx_port: int
 ) -> None:
     """site_message_rate 10/s: 60 messages through two nodes take about 5 s
     together (each alone at 10/s would finish in 2 s). With Redis gone each
     node holds the rate alone and mail still flows."""
-    rules = tmp_path / "rules.toml"
-    rules.write_text('[domain."good.test"]\nsite_message_rate = "10/s"\n')
     redis = RedisServer().start()
-    config = {
-        **base_config,
-        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "rate-test"},
-        "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]},
-        "plugins": {"enabled": ["bounce_classes"]},  # none that read the store at RCPT
-    }
+    rule = '[domain."good.test"]\nsite_message_rate = "10/s"\n'
+    config = shaped_fleet(base_config, redis, tmp_path / "rate.toml", rule)
     try:
         with (
             Receiver(MX["good1"], mx_port) as mx,
             GatewayProcess(tmp_path / "a", config) as a,
             GatewayProcess(tmp_path / "b", config) as b,
         ):
-            for n in range(30):
-                for node in (a, b):
-                    send_message(node.port, "app@sender.test", [f"r{n}@good.test"],
-                                 make_message(f"rate {n}"))  # fmt: skip
+            send_through((a, b), 30, "good.test")
             got = mx.wait_for(60, timeout=30)
             times = sorted(m.at for m in got)
             # 10 at once (the burst), then 10 a second for the 50 others.
@@ -113,10 +126,31 @@ def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
             assert per_second <= 12
 
             redis.kill()
-            for n in range(10):
-                send_message(a.port, "app@sender.test", [f"late{n}@good.test"],
-                             make_message("no redis"))  # fmt: skip
+            send_through((a,), 10, "good.test")  # Redis gone: a's own limiter
             mx.wait_for(70, timeout=30)
-            assert a.wait_event("site_rates_local")["error"]
+            assert a.wait_event("site_limits_local")["error"]
+    finally:
+        redis.stop()
+
+
+def test_two_nodes_share_a_site_connection_limit(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """site_max_connections 2 across the fleet: a slow MX never sees more than
+    two connections from both nodes together (each alone would open several)."""
+    redis = RedisServer().start()
+    rule = '[domain."slowconn.test"]\nsite_max_connections = 2\n'
+    config = shaped_fleet(base_config, redis, tmp_path / "connections.toml", rule)
+    try:
+        with (
+            Receiver(MX["slowconn"], mx_port, data_delay=0.3) as slow,
+            GatewayProcess(tmp_path / "a", config) as a,
+            GatewayProcess(tmp_path / "b", config) as b,
+        ):
+            send_through((a, b), 12, "slowconn.test")
+            slow.wait_for(24, timeout=60)
+            assert slow.most_open_connections == 2
+            assert a.events("delivered")  # both nodes took part
+            assert b.events("delivered")
     finally:
         redis.stop()

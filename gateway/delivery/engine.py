@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from gateway.delivery.egress import Source, SourcePicker
 from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.mta_sts import STS_SITE, MtaSts
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
-from gateway.delivery.site_rates import SiteRates
+from gateway.delivery.site_limits import SiteLimits
 from gateway.delivery.smtp_client import (
     SendResult,
     SmtpConnection,
@@ -105,8 +106,9 @@ class DeliveryEngine:
         # MTA-STS policies of recipient domains (set by the app; None: not checked).
         self.mta_sts: MtaSts | None = None
         self._verified_tls = verifying_context(config.delivery.ca_file)
+        self._node_id = uuid.uuid4().hex[:12]  # names this node's connection leases
         shared = config.store.backend == "redis"
-        self.site_rates = SiteRates(
+        self.site_limits = SiteLimits(
             config.store.redis_url if shared else None, config.store.redis_prefix
         )
         self._spool = spool
@@ -286,9 +288,13 @@ class DeliveryEngine:
             if self.holds.find(now, site=site, provider=provider_of(rules)):
                 continue
             wanted = min(len(queue), limits.max_connections_per_destination)
+            site_cap = min(
+                limits.max_connections_per_destination,
+                rules.site_max_connections or limits.max_connections_per_destination,
+            )
             while (
                 self._pool_active[(site, pool)] < wanted
-                and self._site_active[site] < limits.max_connections_per_destination
+                and self._site_active[site] < site_cap
                 and self._total_active < limits.max_connections
             ):
                 source = self._pick_source(site, rules, now, pool)
@@ -643,17 +649,19 @@ class DeliveryEngine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        await self.site_rates.close()
+        await self.site_limits.close()
 
     # -- one connection --------------------------------------------------------
 
     async def _session(self, site: str, pool: str, source: Source) -> None:
         lane = (source.name, site)
+        lease = f"{self._node_id}:{id(asyncio.current_task())}"
         try:
-            await self._session_inner(site, pool, source)
+            await self._session_inner(site, pool, source, lease)
         except Exception:
             event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
+            await self.site_limits.release(site, lease)
             self._active[lane] -= 1
             if not self._active[lane]:
                 del self._active[lane]
@@ -673,8 +681,14 @@ class DeliveryEngine:
             queue.clear()
         return jobs
 
-    async def _session_inner(self, site: str, pool: str, source: Source) -> None:
+    async def _session_inner(self, site: str, pool: str, source: Source, lease: str) -> None:
         rules = self._rules[site]
+        if rules.site_max_connections and not await self.site_limits.lease(
+            site, rules.site_max_connections, lease, time.time()
+        ):
+            # The fleet holds all of the site's connections: try again shortly.
+            self._wait((source.name, site), time.time() + 1.0, "site connections (fleet)")
+            return
         conn, host, error, status = await self._connect(site, source, rules)
         if conn is None or host is None:
             for job in self._take_all(site, pool):
@@ -704,13 +718,15 @@ class DeliveryEngine:
                     await asyncio.sleep(wait)
                     continue
                 if rules.site_message_rate:
-                    wait = await self.site_rates.reserve(site, rules.site_message_rate, now)
+                    wait = await self.site_limits.reserve(site, rules.site_message_rate, now)
                     if wait > RATE_WAIT_IN_SESSION:
                         self._wait(lane, now + wait, "site message rate")
                         break
                     if wait:
                         await asyncio.sleep(wait)
                         continue
+                if rules.site_max_connections:  # renews the lease now and then
+                    await self.site_limits.lease(site, rules.site_max_connections, lease, now)
                 job = queue.popleft()
                 hold = self._label_hold(site, job, now)
                 if hold:

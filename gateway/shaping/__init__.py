@@ -84,8 +84,9 @@ class Limits(_Model):
     connection_rate: RateText | None = None
     tls: Literal["opportunistic", "required"] | None = None
     timeouts: TimeoutOverrides | None = None
-    # The site's total over every source (and, with Redis, every node); optional.
+    # The site's totals over every source (and, with Redis, every node); optional.
     site_message_rate: RateText | None = None
+    site_max_connections: int | None = Field(default=None, ge=1)
 
 
 class Automation(_Model):
@@ -135,6 +136,7 @@ class Resolved:
     connection_rate: str
     tls: str
     site_message_rate: str = ""  # "" = no total beyond the per-source rates
+    site_max_connections: int = 0  # 0 = no total beyond the per-source limits
     timeouts: dict[str, float] = field(default_factory=dict)
     automation: list[Automation] = field(default_factory=list)
 
@@ -145,7 +147,7 @@ def provider_of(rules: Resolved) -> str:
 
 
 _LIMIT_KEYS = tuple(k for k in Limits.model_fields if k != "timeouts")
-_OPTIONAL_KEYS = {"site_message_rate"}
+_OPTIONAL_KEYS = {"site_message_rate", "site_max_connections"}
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
