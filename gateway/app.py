@@ -173,15 +173,8 @@ class Gateway:
         except (OSError, UsersFileError) as exc:
             event("reload_failed", logging.ERROR, what="users_file", error=str(exc))
         event("reload", keys=self.keys.reload(force=True), tls=self.tls.reload(), users=users)
-
-    async def _watch_keys(self) -> None:
-        """Pick up rotated DKIM key files without a signal."""
-        interval = self.config.dkim.reload_interval
-        if interval <= 0 or not self.keys.signers:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            self.keys.reload()
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)  # they sign and terminate TLS
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -194,7 +187,9 @@ class Gateway:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         delivery = asyncio.create_task(self.engine.run(), name="delivery")
-        watcher = asyncio.create_task(self._watch_keys(), name="dkim-key-watch")
+        watcher = asyncio.create_task(
+            self.keys.watch(self.config.dkim.reload_interval), name="dkim-key-watch"
+        )
         await self._stop.wait()
         event("stopping", queued=self.engine.queued_messages)
         for server in self._servers:

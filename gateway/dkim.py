@@ -8,6 +8,7 @@ that fails on reload is logged and the previous key keeps signing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ class KeyStore:
     @property
     def signers(self) -> list[DkimSigner]:
         return [k.signer for k in self._keys]
+
+    async def watch(self, interval: float) -> None:
+        """Reload changed key files every `interval` seconds, so rotated keys
+        are picked up without a signal (0: never)."""
+        if interval <= 0 or not self.signers:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            self.reload()
 
     def reload(self, *, force: bool = False) -> int:
         """Reload keys whose file changed (all with force); returns how many."""

@@ -127,6 +127,9 @@ class IngressWorker:
         servers = await open_listeners(self.handler, self.config, self.tls.context, reuse_port=True)
         event("worker_started", worker=self.index, pid=os.getpid())
         reporter = asyncio.create_task(self._report(), name="worker-stats")
+        watcher = asyncio.create_task(
+            self.keys.watch(self.config.dkim.reload_interval), name="dkim-key-watch"
+        )
         lost = asyncio.create_task(self.link.lost.wait(), name="manager-lost")
         stop = asyncio.create_task(self._stop.wait(), name="stop")
         await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,7 +138,7 @@ class IngressWorker:
         for server in servers:
             server.close()
         await drain_sessions(self.handler, SHUTDOWN_GRACE_SECONDS)
-        for task in (reporter, lost, stop):
+        for task in (reporter, watcher, lost, stop):
             task.cancel()
         await self.plugins.all("gateway_shutdown")
         await self.link.close()

@@ -59,6 +59,13 @@ class Workers:
             await asyncio.sleep(pause)
             pause = min(pause * 2, MAX_RESTART_PAUSE)
 
+    def signal(self, sig: int) -> None:
+        """Pass a signal on to every running worker (SIGHUP: reload keys, TLS, users)."""
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs.values() if p.returncode is None]

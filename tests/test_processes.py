@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import smtplib
+import ssl
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from gateway.testing import GatewayProcess, Receiver
+from gateway.testing.certs import issue
+from gateway.testing.client import served_certificate
 from tests.helpers import send
 from tests.zones import MX
 
@@ -82,3 +86,22 @@ def test_reports_to_the_feedback_address_reach_the_manager(
         assert (code, reply) == (250, b"2.0.0 Report received")
         assert gw.wait_event("feedback_unreadable")["kind"] == "bounce"
         assert "proc" not in gw.events("feedback_unreadable")[0]  # handled by the manager
+
+
+def test_sighup_reaches_the_workers(tmp_path: Path, base_config: dict[str, Any]) -> None:
+    """The workers terminate TLS: a renewed certificate must reach them."""
+    cert = issue(tmp_path / "tls", ["gateway.test"])
+    config = {
+        **base_config,
+        "node": {"ingress_processes": 1},
+        "plugins": {"enabled": []},
+        "smtp": {"tls": {"certificate": str(cert.cert), "key": str(cert.key)}},
+    }
+    with GatewayProcess(tmp_path / "gw", config) as gw:
+        gw.wait_event("worker_started")
+        renewed = issue(tmp_path / "renewed", ["gateway.test"])
+        shutil.copy(renewed.cert, cert.cert)
+        shutil.copy(renewed.key, cert.key)
+        gw.send_signal(signal.SIGHUP)
+        gw.wait_event("reload", proc="ingress-0")
+        assert served_certificate(gw.port) == ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())

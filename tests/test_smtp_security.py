@@ -20,18 +20,12 @@ import pytest
 
 from gateway.testing import GatewayProcess, Receiver, free_port
 from gateway.testing.certs import Certificate, issue
+from gateway.testing.client import client_tls, served_certificate
 from tests.helpers import make_message
 from tests.zones import MX
 
 OUTSIDER = "127.0.0.9"  # a client address outside relay_networks
 PASSWORD = "correct horse battery staple"
-
-
-def client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the test certificate is self-signed
-    return context
 
 
 def users_file(tmp_path: Path) -> Path:
@@ -141,15 +135,6 @@ def test_implicit_tls_on_the_submissions_port(
         mx.wait_for(1)
         assert isinstance(client.sock, ssl.SSLSocket)
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
-
-
-def served_certificate(port: int) -> bytes:
-    with smtplib.SMTP("127.0.0.1", port) as client:
-        client.starttls(context=client_tls())
-        assert isinstance(client.sock, ssl.SSLSocket)
-        der = client.sock.getpeercert(binary_form=True)
-    assert der is not None
-    return der
 
 
 def test_sighup_reloads_the_certificate(

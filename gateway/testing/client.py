@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import ssl
 from dataclasses import dataclass, field
 
 from gateway.ingress import QUEUED_AS
@@ -45,3 +46,21 @@ def send_message(
         text = f"{code} {reply.decode()}"
         found = QUEUED_AS.search(text) if code == 250 else None
         return SendResult(found.group(1) if found else None, refused, text)
+
+
+def client_tls() -> ssl.SSLContext:
+    """A client TLS context that accepts the tests' self-signed certificates."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the test certificate is self-signed
+    return context
+
+
+def served_certificate(port: int) -> bytes:
+    """The DER certificate the SMTP server on 127.0.0.1:port offers at STARTTLS."""
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.starttls(context=client_tls())
+        assert isinstance(client.sock, ssl.SSLSocket)
+        der = client.sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
