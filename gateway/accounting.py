@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,6 +80,8 @@ class AccountingLog:
 
 
 _log: AccountingLog | None = None
+# In an ingress worker, records go to the queue manager, which writes the one log.
+_forward: Callable[[str, dict[str, Any]], None] | None = None
 
 
 def open_accounting(config: AccountingConfig, data_dir: Path) -> AccountingLog | None:
@@ -90,6 +93,12 @@ def open_accounting(config: AccountingConfig, data_dir: Path) -> AccountingLog |
     return _log
 
 
+def forward_accounting(send: Callable[[str, dict[str, Any]], None] | None) -> None:
+    """Hand records to `send` instead of writing them (ingress workers)."""
+    global _forward
+    _forward = send
+
+
 def close_accounting() -> None:
     global _log
     if _log is not None:
@@ -99,6 +108,9 @@ def close_accounting() -> None:
 
 def account(kind: str, **fields: Any) -> None:
     """One accounting record (nothing when accounting is off)."""
+    if _forward is not None:
+        _forward(kind, fields)
+        return
     if _log is None:
         return
     try:

@@ -11,6 +11,7 @@ so a worker hands them over and waits for the reply to give its client.
 
     worker -> manager   {"op": "queued", "qid": Q}
     worker -> manager   {"op": "stats", "inbound": N}        (open sessions, each second)
+    worker -> manager   {"op": "account", "kind": K, "fields": {...}}  (accounting log)
     worker -> manager   {"op": "feedback", "id": N, "rcpts": [...], "data": BASE64}
     manager -> worker   {"id": N, "reply": "250 2.0.0 Report received"}
 """
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.accounting import account
 from gateway.config import FeedbackConfig
 from gateway.feedback.processor import FeedbackIdentity
 from gateway.log import event
@@ -70,6 +72,8 @@ class IngressBridge:
                 request = json.loads(line)
                 if request["op"] == "stats":
                     self._inbound[worker] = int(request["inbound"])
+                elif request["op"] == "account":
+                    account(request["kind"], **request["fields"])
                 elif request["op"] == "queued":
                     await self._queued(request["qid"])
                 elif request["op"] == "feedback":
@@ -121,13 +125,19 @@ class ManagerLink:
     def _send(self, message: dict[str, Any]) -> None:
         if self._writer is None or self.lost.is_set():
             raise ConnectionError("the queue manager is gone")
-        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        line = json.dumps(message, separators=(",", ":"), default=str)
+        self._writer.write(line.encode() + b"\n")
 
     def queued(self, message: SpooledMessage) -> None:
         """The message is on disk: schedule it (IngressHandler's submit)."""
         with contextlib.suppress(ConnectionError):
             # If this fails the manager is restarting and finds it in the spool.
             self._send({"op": "queued", "qid": message.qid})
+
+    def account(self, kind: str, fields: dict[str, Any]) -> None:
+        """An accounting record, for the manager to write (accounting.forward_accounting)."""
+        with contextlib.suppress(ConnectionError):
+            self._send({"op": "account", "kind": kind, "fields": fields})
 
     def stats(self, inbound: int) -> None:
         with contextlib.suppress(ConnectionError):

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 
+from gateway.accounting import forward_accounting
 from gateway.config import Config
 from gateway.delivery.egress import SourcePicker
 from gateway.delivery.holds import Scope
@@ -123,6 +124,8 @@ class IngressWorker:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.link.connect()
+        if self.config.accounting.enabled:
+            forward_accounting(self.link.account)
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
         servers = await open_listeners(self.handler, self.config, self.tls.context, reuse_port=True)
         event("worker_started", worker=self.index, pid=os.getpid())

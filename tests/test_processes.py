@@ -5,6 +5,7 @@ worker that dies is replaced."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -53,6 +54,10 @@ def test_ingress_workers_share_the_port_and_the_manager_delivers(
         delivered = metric(gw, "gateway_recipients_total")
         assert delivered == 40
         assert metric(gw, "gateway_accept_seconds_count") == 40
+        # Receptions are accounted by the manager, which writes the one log.
+        log = Path(gw.config["node"]["data_dir"]) / "accounting" / "accounting.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert sorted(r["qid"] for r in records if r["type"] == "received") == sorted(qids)
 
         # A worker that dies is replaced; its counts stay in the totals.
         os.kill(started[0]["pid"], signal.SIGKILL)
