@@ -9,7 +9,7 @@ from gateway._core import __version__
 from gateway.config import ConfigError, Duration, load_config
 from gateway.http import csv_response, request_lines
 from gateway.plugin import *  # noqa: F403  (the plugin API: its __all__)
-from gateway.store import PolicyStore, open_store
+from gateway.store import PolicyStore, StoreUnavailable, open_store
 from gateway.store.csv_io import export_csv, import_csv
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "Duration",
     "PolicyStore",
+    "StoreUnavailable",
     "__version__",
     "csv_response",
     "export_csv",

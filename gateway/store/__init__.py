@@ -1,7 +1,7 @@
 """Policy state: suppressions, consent records, warm-up progress and counts.
 
 A small interface so the backend can change (embedded SQLite now, Redis for a
-fleet in issue 9): records are JSON objects under (namespace, key), with an
+fleet): records are JSON objects under (namespace, key), with an
 optional expiry. Reads are synchronous and served from memory, because they
 sit on the SMTP hot path (one per RCPT); writes are async and durable when
 they return, and the memory copy is updated at the same time, so a read after

@@ -54,7 +54,7 @@ class ConsentSettings(PluginSettings):
     marketing_streams: list[str] = ["marketing", "newsletter", "bulk"]
     # Stream by sender address or sender domain, so RCPT can decide.
     sender_streams: dict[str, str] = {}
-    # Stream by authenticated SMTP user (AUTH arrives with issue 8), over the above.
+    # Stream by authenticated SMTP user, over the above.
     user_streams: dict[str, str] = {}
     # Only confirmed double opt-in counts (not single opt-in, not imported).
     require_confirmation: bool = False
