@@ -50,6 +50,14 @@ _DEFAULT_ENHANCED = {
 }
 
 
+# `<local@domain>` and what follows (ESMTP parameters): plain atoms only; quoted
+# local parts, comments, routes and the like go to aiosmtpd's full parser.
+_SIMPLE_ADDRESS = re.compile(
+    r"\s*<(([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+)@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>(.*)\Z",
+    re.DOTALL,
+)
+
+
 class SessionPolicy(Protocol):
     """What sessions ask of the ingress handler beyond aiosmtpd's handle_* hooks."""
 
@@ -220,9 +228,13 @@ class GatewaySMTP(SMTP):
                 self._refuse_now("errors", "421 4.7.0 Too many errors; closing")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # CPython's address parser, which aiosmtpd uses, raises on some hostile
-        # input (`MAIL FROM:()"` -> IndexError; found by tests/smtp_fuzz.py):
-        # that is a syntax error for the client, not an internal error.
+        # The common `<local@domain> PARAMS` is read with a regex: CPython's
+        # RFC 5322 parser, which aiosmtpd uses, costs ~4% of a worker's CPU.
+        simple = _SIMPLE_ADDRESS.match(arg)
+        if simple and not (self.local_part_limit and len(simple.group(2)) > self.local_part_limit):
+            return simple.group(1), simple.group(3).lstrip()
+        # That parser raises on some hostile input (`MAIL FROM:()"` -> IndexError;
+        # found by tests/smtp_fuzz.py): a syntax error for the client, not ours.
         try:
             return super()._getaddr(arg)
         except (IndexError, ValueError, TypeError, AttributeError):

@@ -7,10 +7,14 @@ import email
 import time
 from pathlib import Path
 
+import pytest
+from aiosmtpd.smtp import SMTP
+
 from gateway import _core
 from gateway.config import RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.scheduler import RetryScheduler
+from gateway.smtp_server import GatewaySMTP
 from gateway.spool import Envelope, Spool
 from tests.helpers import dsn_fields
 
@@ -69,3 +73,18 @@ def test_spool_recovery_replays_journal_and_skips_torn_line(tmp_path: Path) -> N
 def test_backoff_grows_and_is_capped() -> None:
     sched = RetryScheduler(RetryConfig(first_interval=60, multiplier=2, max_interval=300, jitter=0))
     assert [sched.backoff(n) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 300, 300]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["<a@b.test>", "<a@b.test> SIZE=10 BODY=8BITMIME", "<ann.lee+tag@mx.example.com>",
+     " <x@y.z>", "<Ann@Example.TEST>  SMTPUTF8", "<a..b@c.test>", "<a@-b.test>",
+     "<a@b.test.>", '<"quoted local"@b.test>', "<@route:a@b.test>", "a@b.test", "<>"],
+)  # fmt: skip
+def test_the_fast_address_reader_agrees_with_aiosmtpd(arg: str) -> None:
+    """GatewaySMTP reads simple `<local@domain>` with a regex; it must give
+    what aiosmtpd's RFC 5322 parser gives."""
+    ours = GatewaySMTP.__new__(GatewaySMTP)
+    theirs = SMTP.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = 0
+    assert ours._getaddr(arg) == SMTP._getaddr(theirs, arg)

@@ -189,7 +189,9 @@ class SmtpConnection:
 
     async def _read_reply(self, timeout: float) -> Reply:
         try:
-            return await asyncio.wait_for(self._read_reply_lines(), timeout)
+            # asyncio.timeout, not wait_for: no task per reply (several per message).
+            async with asyncio.timeout(timeout):
+                return await self._read_reply_lines()
         except TimeoutError:
             self.broken = True
             raise SmtpError(f"timeout after {timeout:g}s waiting for {self.peer}") from None
@@ -231,29 +233,38 @@ class SmtpConnection:
         if "SIZE" in self.extensions:
             mail += f" SIZE={len(data)}"
         commands = [mail] + [f"RCPT TO:<{r}>" for r in recipients]
+        data_reply: Reply | None = None
         if "PIPELINING" in self.extensions:
-            self._write(b"".join(c.encode("utf-8") + b"\r\n" for c in commands))
+            # RFC 2920: DATA may end the group, saving a round trip per message.
+            self._write(b"".join(c.encode("utf-8") + b"\r\n" for c in [*commands, "DATA"]))
             replies = [await self._read_reply(t.mail)]
             replies += [await self._read_reply(t.rcpt) for _ in recipients]
+            data_reply = await self._read_reply(t.data_init)
         else:
             replies = [await self.command(mail, t.mail)]
             if replies[0].ok:
                 replies += [await self.command(c, t.rcpt) for c in commands[1:]]
         mail_reply = replies[0]
+        accepted = mail_reply.ok and any(r.ok for r in replies[1:])
+        if data_reply is not None and data_reply.code == 354 and not accepted:
+            # A server that said 354 with no recipient: end the empty message.
+            self._write(b".\r\n")
+            await self._read_reply(t.data_done)
         if not mail_reply.ok:
             await self.rset()
             return SendResult([mail_reply] * len(recipients), None)
         rcpt_replies = replies[1:]
-        if not any(r.ok for r in rcpt_replies):
+        if not accepted:
             await self.rset()
             return SendResult(rcpt_replies, None)
-        reply = await self.command("DATA", t.data_init)
+        reply = data_reply or await self.command("DATA", t.data_init)
         if reply.code != 354:
             return SendResult(rcpt_replies, reply)
         payload = _core.dot_stuff(data)
         self._write(payload)
         try:
-            await asyncio.wait_for(self._writer.drain(), t.data_block)
+            async with asyncio.timeout(t.data_block):
+                await self._writer.drain()
         except (TimeoutError, OSError) as exc:
             self.broken = True
             raise SmtpError(f"sending data to {self.peer} failed: {exc or 'timeout'}") from None
