@@ -58,6 +58,17 @@ _SIMPLE_ADDRESS = re.compile(
 )
 
 
+class SessionHooks:
+    """The policy's aiosmtpd hooks (`handle_*`) and nothing else: aiosmtpd
+    inspects every member of its handler for each new connection, so the
+    handler it gets is kept this small (one per listener)."""
+
+    def __init__(self, policy: object) -> None:
+        for name in dir(type(policy)):
+            if name.startswith("handle_"):
+                setattr(self, name, getattr(policy, name))
+
+
 class SessionPolicy(Protocol):
     """What sessions ask of the ingress handler beyond aiosmtpd's handle_* hooks."""
 
@@ -117,9 +128,10 @@ class GatewaySMTP(SMTP):
         *,
         limits: SessionLimits,
         implicit_tls: bool = False,
+        hooks: SessionHooks | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(policy, **kwargs)
+        super().__init__(hooks or SessionHooks(policy), **kwargs)
         self.policy = policy
         self._plain_replies = False
         self._limits = limits
@@ -343,10 +355,12 @@ def make_server_factory(
     """Sessions for one listener: plain with STARTTLS offered when `tls` is
     given, or, with `implicit_tls`, on a listener that is TLS from the start."""
     limits = SessionLimits.from_config(config)
+    hooks = SessionHooks(policy)
 
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
             policy,
+            hooks=hooks,
             limits=limits,
             implicit_tls=implicit_tls,
             data_size_limit=config.smtp.max_message_size,
