@@ -209,6 +209,16 @@ class Spool:
         finally:
             os.close(fd)
 
+    async def finish(self, qid: str) -> None:
+        """A message whose every recipient is final: remove it, durably (the
+        directory fsync, shared with other writers, is its record; cheaper
+        than appending a journal line and then removing)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._finish, qid)
+
+    def _finish(self, qid: str) -> None:
+        self._remove(qid)
+        self._dirsync.sync()
+
     async def remove(self, qid: str) -> None:
         """Forget a finished message (journal last, so a crash leaves it replayable)."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self._remove, qid)

@@ -1011,8 +1011,13 @@ class DeliveryEngine:
             dsn_qid = await self._send_dsn(message, [f for _, f in failures], body, now)
             for record, _ in failures:
                 record["dsn"] = dsn_qid
+        for record in records:
+            message.apply(record)
         try:
-            await self._spool.record(env.qid, records)
+            if message.done:  # removing it durably records every outcome at once
+                await self._spool.finish(env.qid)
+            else:
+                await self._spool.record(env.qid, records)
         except OSError as exc:
             # The outcome is kept in memory; after a crash it is tried again.
             event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
@@ -1021,14 +1026,11 @@ class DeliveryEngine:
             event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
         for entry in accounted:
             account(**entry)
-        for record in records:
-            message.apply(record)
         self._tell_plugins(outcomes_for_plugins)
         if retry and retry_at is not None:
             self._scheduler.add(Job(env.qid, domain, retry, env.tenant, env.campaign), retry_at)
             self._wake.set()
         if message.done:
-            await self._spool.remove(env.qid)
             self._messages.pop(env.qid, None)
             event("finished", qid=env.qid, seconds_in_queue=round(now - env.received_at, 3))
 
