@@ -14,6 +14,7 @@ rotated ones are `accounting-YYYYmmddTHHMMSS.jsonl`, the oldest deleted past
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -25,6 +26,9 @@ from typing import IO, Any
 from gateway.config import AccountingConfig
 
 CURRENT = "accounting.jsonl"
+# Lines are flushed to the file this long after the first unflushed one (in
+# the event loop; at once elsewhere): one write for a burst, not one per line.
+FLUSH_SECONDS = 0.2
 
 
 class AccountingLog:
@@ -35,16 +39,19 @@ class AccountingLog:
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         self._opened = 0.0
+        self._size = 0
+        self._flush_pending = False
         self._open()
 
     def _open(self) -> None:
         path = self._dir / CURRENT
         self._file = path.open("a", encoding="utf-8")
-        self._opened = path.stat().st_ctime if path.stat().st_size else time.time()
+        self._size = path.stat().st_size
+        self._opened = path.stat().st_ctime if self._size else time.time()
 
     def _rotate_if_due(self, now: float) -> None:
         assert self._file is not None
-        size = self._file.tell()
+        size = self._size
         too_big = size >= self._config.rotate_bytes
         too_old = size > 0 and now - self._opened >= self._config.rotate_interval
         if not (too_big or too_old):
@@ -70,7 +77,19 @@ class AccountingLog:
             self._rotate_if_due(now)
             assert self._file is not None
             self._file.write(line + "\n")
-            self._file.flush()
+            self._size += len(line) + 1
+            if not self._flush_pending:
+                try:
+                    asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+                    self._flush_pending = True
+                except RuntimeError:  # not in the event loop: write through
+                    self._file.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_pending = False
+            if self._file is not None:
+                self._file.flush()
 
     def close(self) -> None:
         with self._lock:

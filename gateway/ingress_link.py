@@ -103,6 +103,7 @@ class ManagerLink:
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._ids = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
+        self._outbox: list[bytes] = []  # lines written together once per loop turn
         self.lost = asyncio.Event()  # the queue manager went away
 
     async def connect(self) -> None:
@@ -126,7 +127,14 @@ class ManagerLink:
         if self._writer is None or self.lost.is_set():
             raise ConnectionError("the queue manager is gone")
         line = json.dumps(message, separators=(",", ":"), default=str)
-        self._writer.write(line.encode() + b"\n")
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(line.encode() + b"\n")
+
+    def _flush(self) -> None:
+        lines, self._outbox = self._outbox, []
+        if self._writer is not None and not self.lost.is_set():
+            self._writer.write(b"".join(lines))
 
     def queued(self, message: SpooledMessage) -> None:
         """The message is on disk: schedule it (IngressHandler's submit)."""

@@ -56,6 +56,7 @@ def test_ingress_workers_share_the_port_and_the_manager_delivers(
         assert metric(gw, "gateway_accept_seconds_count") == 40
         # Receptions are accounted by the manager, which writes the one log.
         log = Path(gw.config["node"]["data_dir"]) / "accounting" / "accounting.jsonl"
+        time.sleep(0.5)  # lines reach the file within FLUSH_SECONDS
         records = [json.loads(line) for line in log.read_text().splitlines()]
         assert sorted(r["qid"] for r in records if r["type"] == "received") == sorted(qids)
 
