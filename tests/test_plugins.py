@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from gateway.hookspecs import hook_names
+from gateway.testing.certs import issue
+from gateway.testing.client import client_tls
 from gateway.testing.pytest_plugin import PluginGateway
 
 
@@ -195,3 +197,43 @@ def test_connect_and_mail_from_decisions(tmp_path: Path, plugin_gateway: Gateway
     result = gw.send("spammer@shop.test", ["ann@example.test"])
     assert result.refused == {"ann@example.test": "550 5.7.1 Sender refused by policy"}
     assert gw.send("app@shop.test", ["ann@example.test"]).qid
+
+
+DIRECTORY_AUTH = """
+    from gateway import Login, hookimpl
+
+    @hookimpl
+    def smtp_auth(session, username, password):
+        if username == "app" and password == "from-the-directory" and session.tls:
+            return Login("app", tenant="acme", stream="transactional")
+        return None
+"""
+
+
+def test_a_plugin_checks_smtp_logins(tmp_path: Path, plugin_gateway: GatewayFactory) -> None:
+    """smtp_auth: a user directory as a plugin (no users file); its Login's
+    tenant and stream are the message's."""
+    cert = issue(tmp_path / "tls", ["gateway.test"])
+    env = install(tmp_path, {"directory_auth": DIRECTORY_AUTH})
+    gw = plugin_gateway(
+        ["directory_auth"],
+        env=env,
+        config={
+            "smtp": {
+                "relay_networks": ["127.0.0.1/32"],
+                "tls": {"certificate": str(cert.cert), "key": str(cert.key)},
+            }
+        },
+    )
+    with smtplib.SMTP("127.0.0.1", gw.port, source_address=("127.0.0.9", 0)) as client:
+        client.starttls(context=client_tls())
+        client.ehlo()
+        client.user, client.password = "app", "wrong"
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.auth("PLAIN", client.auth_plain)
+        client.user, client.password = "app", "from-the-directory"
+        assert client.auth("PLAIN", client.auth_plain)[0] == 235
+        client.sendmail("app@shop.test", ["ann@example.test"], b"From: app@shop.test\r\n\r\nhi\r\n")
+    gw.mx.wait_for(1)
+    received = gw.process.wait_event("received", client="127.0.0.9")
+    assert (received["tenant"], received["stream"]) == ("acme", "transactional")
