@@ -118,6 +118,7 @@ class GatewayProcess(Service):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(dump_toml(self.config))
         log = self.log_path.open("ab")
+        offset = log.tell()  # a restart appends: look for its own `started` only
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=log,
@@ -127,10 +128,24 @@ class GatewayProcess(Service):
         log.close()
         try:
             wait_for_port("127.0.0.1", self.port, timeout=20)
+            self._wait_started(offset, timeout=20)
         except TimeoutError:
             self.kill()
             raise RuntimeError(f"gateway did not start:\n{self.log_path.read_text()}") from None
         return self
+
+    def _wait_started(self, offset: int, timeout: float) -> None:
+        """Until the gateway logs `started` (every listener open); a port that
+        answers is not enough, since something else may hold it, or the gateway
+        may be about to exit because another of its addresses is taken."""
+        if self.config["log"].get("format") != "json":
+            return
+        deadline = time.monotonic() + timeout
+        while b'"event": "started"' not in self.log_path.read_bytes()[offset:]:
+            assert self._proc is not None
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:
