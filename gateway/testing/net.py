@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import time
 
-
 # Ports already handed out by this process. The kernel may give the same free
 # port to two bind(0) calls in a row, and a test that asks for three ports
 # (SMTP, HTTP, admin) before starting anything must get three different ones.
