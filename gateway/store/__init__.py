@@ -47,6 +47,23 @@ class PolicyStore(ABC):
     async def delete_many(self, namespace: str, keys: Sequence[str]) -> int:
         """Remove records in one transaction; how many there were."""
 
+    @abstractmethod
+    async def add_counts(
+        self, namespace: str, items: Sequence[tuple[str, Mapping[str, int], float | None]]
+    ) -> list[Record]:
+        """Add to numeric fields of records in one atomic step, so that nodes
+        counting the same thing (a complaint window, a warm-up day) add up
+        instead of overwriting each other; each record's totals, in order. A
+        missing field counts from 0, an expired record from nothing."""
+
+    @abstractmethod
+    async def take_up_to(
+        self, namespace: str, key: str, field: str, want: int, limit: int, expires_at: float | None
+    ) -> int:
+        """Atomically add to `field` as much of `want` as keeps it at or under
+        `limit`, and say how much that was (0 when the limit is reached): how
+        nodes share one budget, such as a warm-up day's cap."""
+
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove a record; False if there was none."""
         return await self.delete_many(namespace, [key]) > 0

@@ -30,12 +30,65 @@ from typing import Any, TypeVar
 import redis
 
 from gateway.log import event
-from gateway.store import Entry, MirroredStore, StoreUnavailable
+from gateway.store import Entry, MirroredStore, Record, StoreUnavailable
 
 T = TypeVar("T")
 BATCH = 10_000  # fields per HSET/HMGET round trip
 PING_SECONDS = 1.0  # how often the listener checks its connection
 ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+# The record under one field as it stands (empty if absent or expired); the
+# shared prelude of the counting scripts. ARGV[3] is the caller's clock.
+_CURRENT = """
+local function current(field)
+  local raw = redis.call('HGET', KEYS[1], field)
+  if raw then
+    local entry = cjson.decode(raw)
+    if entry.e == cjson.null or entry.e > tonumber(ARGV[3]) then return entry.r end
+  end
+  return {}
+end
+local function expiry(value)
+  if value == '' then return cjson.null end
+  return tonumber(value)
+end
+"""
+
+# ARGV: channel, change message, now, then (field, deltas as JSON, expiry) triples.
+ADD_COUNTS = (
+    _CURRENT
+    + """
+local out = {}
+for i = 4, #ARGV, 3 do
+  local record = current(ARGV[i])
+  for name, delta in pairs(cjson.decode(ARGV[i + 1])) do
+    record[name] = (tonumber(record[name]) or 0) + delta
+  end
+  local encoded = cjson.encode({r = record, e = expiry(ARGV[i + 2])})
+  redis.call('HSET', KEYS[1], ARGV[i], encoded)
+  out[#out + 1] = encoded
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return out
+"""
+)
+
+# ARGV: channel, change message, now, field, name, want, limit, expiry.
+TAKE_UP_TO = (
+    _CURRENT
+    + """
+local record = current(ARGV[4])
+local have = tonumber(record[ARGV[5]]) or 0
+local granted = math.max(0, math.min(tonumber(ARGV[6]), tonumber(ARGV[7]) - have))
+if granted > 0 then
+  record[ARGV[5]] = have + granted
+  redis.call('HSET', KEYS[1], ARGV[4], cjson.encode({r = record, e = expiry(ARGV[8])}))
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+end
+return {granted, redis.call('HGET', KEYS[1], ARGV[4]) or ''}
+"""
+)
 
 
 def _entry(raw: bytes | str) -> Entry:
@@ -54,6 +107,8 @@ class RedisStore(MirroredStore):
         self._healthy = threading.Event()
         self._stop = threading.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-store")
+        self._add_counts = self._redis.register_script(ADD_COUNTS)
+        self._take_up_to = self._redis.register_script(TAKE_UP_TO)
         self._listener = threading.Thread(target=self._listen, name="redis-listener", daemon=True)
         self._listener.start()
         self._healthy.wait(3.0)  # start serving at once if Redis is there
@@ -114,9 +169,20 @@ class RedisStore(MirroredStore):
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, guarded)
 
-    def _publish(self, pipe: Any, namespace: str, keys: Sequence[str]) -> None:
+    def _change(self, namespace: str, keys: Sequence[str]) -> str:
+        """The message telling other nodes which keys to re-read."""
         message = {"o": self._origin, "n": namespace, "k": list(keys)}
-        pipe.publish(self._channel, json.dumps(message, separators=(",", ":")))
+        return json.dumps(message, separators=(",", ":"))
+
+    def _publish(self, pipe: Any, namespace: str, keys: Sequence[str]) -> None:
+        pipe.publish(self._channel, self._change(namespace, keys))
+
+    def _remember(self, namespace: str, fields: Sequence[str], raws: Sequence[bytes]) -> None:
+        memory = self._memory.get(namespace)
+        if memory is not None:
+            for key, raw in zip(fields, raws, strict=True):
+                if raw:
+                    memory[key] = _entry(raw)
 
     async def put(
         self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
@@ -159,6 +225,38 @@ class RedisStore(MirroredStore):
             for key in keys:
                 memory.pop(key, None)
         return removed
+
+    async def add_counts(
+        self, namespace: str, items: Sequence[tuple[str, Mapping[str, int], float | None]]
+    ) -> list[Record]:
+        if not items:
+            return []
+        keys = [k for k, _, _ in items]
+        args: list[str | int | float] = [self._channel, self._change(namespace, keys), time.time()]
+        for key, deltas, expires in items:
+            args += [key, json.dumps(dict(deltas)), "" if expires is None else expires]
+        raws = await self._run(lambda: self._add_counts(keys=[self._key(namespace)], args=args))
+        self._remember(namespace, keys, raws)
+        return [_entry(raw)[0] for raw in raws]
+
+    async def take_up_to(
+        self, namespace: str, key: str, field: str, want: int, limit: int, expires_at: float | None
+    ) -> int:
+        args: list[str | int | float] = [
+            self._channel,
+            self._change(namespace, [key]),
+            time.time(),
+            key,
+            field,
+            want,
+            limit,
+            "" if expires_at is None else expires_at,
+        ]
+        granted, raw = await self._run(
+            lambda: self._take_up_to(keys=[self._key(namespace)], args=args)
+        )
+        self._remember(namespace, [key], [raw])
+        return int(granted)
 
     # -- other nodes' writes ---------------------------------------------------
 

@@ -16,12 +16,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gateway.store import Entry, MirroredStore
+from gateway.store import Entry, MirroredStore, Record
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -33,10 +35,33 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID
 """
 
+UPSERT = (
+    "INSERT INTO records (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (namespace, key) DO UPDATE SET "
+    "value = excluded.value, expires_at = excluded.expires_at"
+)
+
 # How often reads look for other processes' writes.
 EXTERNAL_CHECK_SECONDS = 1.0
 # How often a write also deletes expired records.
 PURGE_SECONDS = 60.0
+
+
+def _current(conn: sqlite3.Connection, namespace: str, key: str) -> Record:
+    """A record as it stands in the database (empty if absent or expired)."""
+    row = conn.execute(
+        "SELECT value, expires_at FROM records WHERE namespace = ? AND key = ?", (namespace, key)
+    ).fetchone()
+    if row is None or (row[1] is not None and row[1] <= time.time()):
+        return {}
+    record: Record = json.loads(row[0])
+    return record
+
+
+def _upsert(
+    conn: sqlite3.Connection, namespace: str, key: str, record: Record, expires: float | None
+) -> None:
+    conn.execute(UPSERT, (namespace, key, json.dumps(record, sort_keys=True), expires))
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -104,13 +129,12 @@ class SqliteStore(MirroredStore):
 
     # -- writes (durable, then memory) ----------------------------------------
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in one write transaction (on the writer thread)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                changed = 0
-                for row in rows:
-                    changed += self._conn.execute(sql, row).rowcount
+                result = work(self._conn)
                 now = time.time()
                 if now - self._purged >= PURGE_SECONDS:  # expired rows go, now and then
                     self._purged = now
@@ -124,11 +148,25 @@ class SqliteStore(MirroredStore):
                 raise
             # Our own commit changes data_version too: not a reason to reload.
             self._data_version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-            return changed
+            return result
+
+    async def _run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._transaction, work)
 
     async def _run(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, self._write, sql, rows)
+        def write(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute(sql, row).rowcount for row in rows)
+
+        return await self._run_transaction(write)
+
+    def _remember(
+        self, namespace: str, entries: Iterable[tuple[str, Mapping[str, Any], float | None]]
+    ) -> None:
+        memory = self._held(namespace)
+        if memory is not None:
+            for key, record, expires in entries:
+                memory[key] = (dict(record), expires)
 
     async def put(
         self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
@@ -139,16 +177,8 @@ class SqliteStore(MirroredStore):
         self, namespace: str, items: Sequence[tuple[str, Mapping[str, Any], float | None]]
     ) -> None:
         rows = [(namespace, k, json.dumps(r, sort_keys=True), e) for k, r, e in items]
-        await self._run(
-            "INSERT INTO records (namespace, key, value, expires_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (namespace, key) DO UPDATE SET "
-            "value = excluded.value, expires_at = excluded.expires_at",
-            rows,
-        )
-        memory = self._held(namespace)
-        if memory is not None:
-            for key, record, expires in items:
-                memory[key] = (dict(record), expires)
+        await self._run(UPSERT, rows)
+        self._remember(namespace, items)
 
     async def delete_many(self, namespace: str, keys: Sequence[str]) -> int:
         changed = await self._run(
@@ -159,6 +189,39 @@ class SqliteStore(MirroredStore):
             for key in keys:
                 memory.pop(key, None)
         return changed
+
+    async def add_counts(
+        self, namespace: str, items: Sequence[tuple[str, Mapping[str, int], float | None]]
+    ) -> list[Record]:
+        def add(conn: sqlite3.Connection) -> list[Record]:
+            totals = []
+            for key, deltas, expires in items:
+                record = _current(conn, namespace, key)
+                for name, delta in deltas.items():
+                    record[name] = int(record.get(name, 0)) + delta
+                _upsert(conn, namespace, key, record, expires)
+                totals.append(record)
+            return totals
+
+        totals = await self._run_transaction(add)
+        self._remember(namespace, ((k, t, e) for (k, _, e), t in zip(items, totals, strict=True)))
+        return totals
+
+    async def take_up_to(
+        self, namespace: str, key: str, field: str, want: int, limit: int, expires_at: float | None
+    ) -> int:
+        def take(conn: sqlite3.Connection) -> tuple[int, Record]:
+            record = _current(conn, namespace, key)
+            have = int(record.get(field, 0))
+            granted = max(0, min(want, limit - have))
+            if granted:
+                record[field] = have + granted
+                _upsert(conn, namespace, key, record, expires_at)
+            return granted, record
+
+        granted, record = await self._run_transaction(take)
+        self._remember(namespace, [(key, record, expires_at)])
+        return granted
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
