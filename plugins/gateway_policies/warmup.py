@@ -8,23 +8,34 @@ the source's total). The gateway never sends over a cap: a message beyond it
 goes through another source of its pool that has capacity (a warm one), or
 waits for the next day.
 
+The cap is the fleet's, not each node's: a node takes its share of the
+day's cap from the policy store in blocks (`take_up_to`, atomic in SQLite
+and in Redis), about a fiftieth of the cap at a time, and sends only what it
+holds, so nodes sharing a store together stay under the cap. A block a node
+holds but does not spend by midnight (or before a restart) is not sent by
+anyone: the error is always under the cap, never over. When the store
+cannot be reached, a node falls back to a local limit: what it sent itself
+today stays under the cap.
+
 Once a day (UTC) the schedule moves: one day forward if the source's
 deferral and complaint rates of the day stayed under `max_deferral_rate` and
 `max_complaint_rate` and it used at least `min_use` of its cap; it holds if
 a rate was over; it steps one day back if a rate was over twice the limit.
 Past the last day the source is warm and its caps are lifted. Progress and
-counts are kept in the policy store and survive restarts (counts are written
-once a second: a crash can lose at most that second's counts).
+the day's outcomes (added up across nodes every second) are kept in the
+policy store and survive restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
+from typing import Any
 
-from gateway import Delivery, PluginContext, PluginSettings, PolicyStore, hookimpl
+from gateway import Delivery, PluginContext, PluginSettings, PolicyStore, StoreUnavailable, hookimpl
 
 STATE = "warmup"
 COUNTS = "warmup-count"
@@ -32,6 +43,8 @@ STATS = "warmup-stats"
 FLUSH_SECONDS = 1.0
 CHECK_SECONDS = 60.0
 DAY = 86400.0
+BLOCKS_PER_DAY = 50  # a node takes a day's cap in blocks of about this share
+REFILL_WAIT = 0.05  # seconds a source waits while its node takes another block
 
 # 30 days from 50 to 400,000 a day per provider: roughly doubling at first,
 # then +25-30% a day, the shape Gmail's and Microsoft's sender guidance asks
@@ -67,11 +80,10 @@ class DailyCap:
         self.warmup, self.source, self.provider = warmup, source, provider
 
     def wait(self, now: float) -> float:
-        used = self.warmup.count(utc_date(now), self.source, self.provider)
-        return 0.0 if used < self.warmup.cap(self.source) else next_midnight(now) - now
+        return self.warmup.wait(utc_date(now), self.source, self.provider, now)
 
     def take(self, now: float) -> None:
-        self.warmup.bump(utc_date(now), self.source, self.provider)
+        self.warmup.take(utc_date(now), self.source, self.provider)
 
     def __str__(self) -> str:
         return (
@@ -86,35 +98,85 @@ class Warmup:
         self.context: PluginContext | None = None
         self.settings = WarmupSettings()
         self.store: PolicyStore | None = None
-        self.counts: dict[str, int] = {}  # "date|source|provider" -> messages
-        self.dirty: set[str] = set()
+        self.days: dict[str, dict[str, Any]] = {}  # source -> {"day", "date"}, as last read
+        # "date|source|provider" -> messages this node may still send (taken
+        # from the fleet's cap), has sent, and the cap at which the fleet had
+        # none left.
+        self.held: dict[str, int] = defaultdict(int)
+        self.sent: dict[str, int] = defaultdict(int)
+        self.spent: dict[str, int] = {}
+        self.refills: dict[str, asyncio.Task[None]] = {}
+        # "date|source" -> outcomes not yet added to the store
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.tasks: list[asyncio.Task[None]] = []
+        self.store_down = False
 
     # -- state ------------------------------------------------------------------
 
-    def state(self, source: str) -> dict[str, object]:
-        assert self.store is not None
-        return self.store.get(STATE, source) or {"day": 0, "date": utc_date(time.time())}
-
     def day(self, source: str) -> int:
-        day: int = self.state(source)["day"]  # type: ignore[assignment]
-        return day
+        """The source's day in the schedule, as last read from the store."""
+        return int(self.days.get(source, {}).get("day", 0))
 
     def cap(self, source: str) -> int:
         schedule = self.settings.schedule
         return schedule[min(self.day(source), len(schedule) - 1)]
 
-    def count(self, date: str, source: str, provider: str) -> int:
-        return self.counts.get(f"{date}|{source}|{provider}", 0)
+    def block(self, source: str) -> int:
+        """How much of the cap a node takes at once: at least 2, so the next block
+        is asked for while one message is still in hand."""
+        cap = self.cap(source)
+        return min(cap, max(2, cap // BLOCKS_PER_DAY))
 
-    def bump(self, date: str, source: str, provider: str) -> None:
+    # -- the cap, shared by the fleet ---------------------------------------------
+
+    def wait(self, date: str, source: str, provider: str, now: float) -> float:
         key = f"{date}|{source}|{provider}"
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.dirty.add(key)
-        if self.context is not None:  # share of today's cap used, for the dashboards
-            used = self.counts[key] / max(1, self.cap(source))
-            self.context.gauge("cap_used_ratio", used, kind=f"{source}:{provider}")
+        if self.held[key] > 0:
+            return 0.0
+        if self.spent.get(key) == self.cap(source):
+            return next_midnight(now) - now  # the fleet has sent today's cap
+        self._refill(key, source)
+        return REFILL_WAIT
+
+    def take(self, date: str, source: str, provider: str) -> None:
+        key = f"{date}|{source}|{provider}"
+        self.held[key] -= 1
+        self.sent[key] += 1
+        if self.held[key] <= self.block(source) // 2:  # ask for the next block early
+            self._refill(key, source)
+
+    def _refill(self, key: str, source: str) -> None:
+        if key not in self.refills:
+            task = asyncio.get_running_loop().create_task(self._take_block(key, source))
+            self.refills[key] = task
+            task.add_done_callback(lambda _: self.refills.pop(key, None))
+
+    async def _take_block(self, key: str, source: str) -> None:
+        assert self.store is not None
+        assert self.context is not None
+        cap, block = self.cap(source), self.block(source)
+        try:
+            granted = await self.store.take_up_to(
+                COUNTS, key, "n", block, cap, time.time() + 3 * DAY
+            )
+            self._store_state(up=True)
+        except StoreUnavailable:
+            # Local limit: what this node sent today (and still holds) stays under the cap.
+            granted = max(0, min(block, cap - self.sent[key] - self.held[key]))
+            self._store_state(up=False)
+        self.held[key] += granted
+        if not granted and self.held[key] <= 0:
+            self.spent[key] = cap
+        with contextlib.suppress(StoreUnavailable):
+            record = self.store.get(COUNTS, key) or {}
+            used = max(int(record.get("n", 0)), self.sent[key]) / max(1, cap)
+            self.context.gauge("cap_used_ratio", used, kind=key.partition("|")[2].replace("|", ":"))
+
+    def _store_state(self, up: bool) -> None:
+        if self.store_down == up and self.context is not None:
+            self.store_down = not up
+            level = logging.INFO if up else logging.WARNING
+            self.context.log("warmup_local_limits", level, active=not up)
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -126,9 +188,6 @@ class Warmup:
         unknown = set(self.settings.sources) - set(context.egress.source_names())
         if unknown:
             raise ValueError(f"warm-up sources not in [egress]: {', '.join(sorted(unknown))}")
-        today = utc_date(time.time())
-        for key, record in context.store.scan(COUNTS, today + "|"):
-            self.counts[key] = int(record["n"])
         await self.advance(time.time())
         self.tasks = [
             asyncio.create_task(self._every(FLUSH_SECONDS, self.flush)),
@@ -138,9 +197,13 @@ class Warmup:
     def set_caps(self, source: str) -> None:
         assert self.context is not None
         warm = self.day(source) >= len(self.settings.schedule)
+        today = utc_date(time.time())
         for provider in self.settings.providers:
             cap = None if warm else DailyCap(self, source, provider)
             self.context.egress.set_cap(source, cap, provider=provider, name="warm-up")
+            key = f"{today}|{source}|{provider}"
+            if cap is not None and self.held[key] <= 0 and key not in self.spent:
+                self._refill(key, source)  # a block in hand before the first message
 
     async def _every(self, seconds: float, work: object) -> None:
         while True:
@@ -149,18 +212,22 @@ class Warmup:
                 await work()  # type: ignore[operator]
 
     async def flush(self) -> None:
-        if not self.dirty or self.store is None:
+        """Add this node's outcomes since the last flush to the fleet's."""
+        if not self.stats or self.store is None:
             return
-        keys, self.dirty = self.dirty, set()
-        await self.store.put_many(
-            COUNTS, [(k, {"n": self.counts[k]}, time.time() + 3 * DAY) for k in keys]
-        )
-        stats = [(k, dict(v), time.time() + 30 * DAY) for k, v in self.stats.items()]
-        await self.store.put_many(STATS, stats)
+        pending, self.stats = self.stats, defaultdict(lambda: defaultdict(int))
+        try:
+            await self.store.add_counts(
+                STATS, [(k, dict(v), time.time() + 30 * DAY) for k, v in pending.items()]
+            )
+        except StoreUnavailable:  # kept for the next flush
+            for key, counts in pending.items():
+                for what, n in counts.items():
+                    self.stats[key][what] += n
 
     @hookimpl
     async def gateway_shutdown(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *self.refills.values()]:
             task.cancel()
         await self.flush()
 
@@ -172,21 +239,26 @@ class Warmup:
         assert self.context is not None
         today = utc_date(now)
         for source in self.settings.sources:
-            state = self.state(source)
-            if state["date"] != today:
-                day = int(state["day"])  # type: ignore[call-overload]
-                verdict = self.judge(source, str(state["date"]))
-                day = {"forward": day + 1, "hold": day, "back": max(0, day - 1)}[verdict]
-                await self.store.put(STATE, source, {"day": day, "date": today})
-                self.context.log("warmup_day", source=source, verdict=verdict, day=day + 1)
+            try:  # the fleet's view; without the store, the day waits (caps stay)
+                state = self.store.get(STATE, source) or {"day": 0, "date": today}
+                self.days[source] = state
+                if state["date"] != today:
+                    day = int(state["day"])
+                    verdict = self.judge(source, str(state["date"]))
+                    day = {"forward": day + 1, "hold": day, "back": max(0, day - 1)}[verdict]
+                    await self.store.put(STATE, source, {"day": day, "date": today})
+                    self.days[source] = {"day": day, "date": today}
+                    self.context.log("warmup_day", source=source, verdict=verdict, day=day + 1)
+            except StoreUnavailable:
+                pass
             self.set_caps(source)
 
     def judge(self, source: str, date: str) -> str:
-        stats = (
-            self.stats.get(f"{date}|{source}")
-            or (self.store.get(STATS, f"{date}|{source}") if self.store else None)
-            or {}
-        )
+        """The day's verdict on the fleet's outcomes (and this node's not yet added)."""
+        key = f"{date}|{source}"
+        stats = dict((self.store.get(STATS, key) if self.store else None) or {})
+        for what, n in self.stats.get(key, {}).items():
+            stats[what] = stats.get(what, 0) + n
         sent, deferred = stats.get("sent", 0), stats.get("deferred", 0)
         complaints = stats.get("complaints", 0)
         deferral_rate = deferred / max(1, sent + deferred)
