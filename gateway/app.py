@@ -129,6 +129,7 @@ class Gateway:
         await self.admin.start()
         restored = self.keeper.restore()
         self.feedback.sent.start()
+        self.feedback.complaints.start()
         self.webhooks.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
         recovered = 0
@@ -205,6 +206,7 @@ class Gateway:
         if self._background:
             self._background.cancel()
         await self.feedback.sent.stop()
+        await self.feedback.complaints.stop()
         await self.webhooks.stop()
         await self.plugins.all("gateway_shutdown")
         await self.http.stop()

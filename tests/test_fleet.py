@@ -1,17 +1,43 @@
 """Two gateway nodes sharing a real Redis: one suppression list for both,
-fail-closed checks while Redis is gone, and its state after a restart."""
+fail-closed checks while Redis is gone, and its state after a restart; one
+site rate and connection limit, one warm-up cap, one complaint window."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.testing import GatewayProcess, Receiver, RedisServer
 from gateway.testing.client import SendResult, send_message
+from tests import reports
 from tests.helpers import make_message
 from tests.zones import MX
+
+OUTSIDER = "127.0.0.77"  # not in relay_networks: may only send reports
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@contextmanager
+def two_nodes(
+    tmp_path: Path, config: dict[str, Any], mx: Receiver
+) -> Iterator[tuple[Receiver, GatewayProcess, GatewayProcess]]:
+    """The receiving MX and two gateway nodes a and b of one configuration."""
+    with (
+        mx,
+        GatewayProcess(tmp_path / "a", config) as a,
+        GatewayProcess(tmp_path / "b", config) as b,
+    ):
+        yield mx, a, b
 
 
 def fleet_config(base: dict[str, Any], redis: RedisServer) -> dict[str, Any]:
@@ -33,48 +59,40 @@ def until(check: Callable[[], SendResult], done: Callable[[SendResult], bool]) -
 
 
 def test_two_nodes_share_suppressions_and_fail_closed_without_redis(
-    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
 ) -> None:
-    redis = RedisServer().start()
     config = fleet_config(base_config, redis)
-    try:
-        with (
-            Receiver(MX["good1"], mx_port) as mx,
-            GatewayProcess(tmp_path / "a", config) as a,
-            GatewayProcess(tmp_path / "b", config) as b,
-        ):
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
 
-            def to(node: GatewayProcess, rcpt: str) -> SendResult:
-                return send_message(node.port, "app@sender.test", [rcpt], make_message("fleet"))
+        def to(node: GatewayProcess, rcpt: str) -> SendResult:
+            return send_message(node.port, "app@sender.test", [rcpt], make_message("fleet"))
 
-            status, _ = a.admin("POST", "/suppression", {"address": "ann@good.test"})
-            assert status == 200
-            refused = until(lambda: to(b, "ann@good.test"), lambda r: r.qid is None)
-            assert refused.refused == {
-                "ann@good.test": "550 5.7.1 Recipient is on a suppression list (manual)"
-            }
-            assert to(b, "bob@good.test").qid
-            mx.wait_for(1)
+        status, _ = a.admin("POST", "/suppression", {"address": "ann@good.test"})
+        assert status == 200
+        refused = until(lambda: to(b, "ann@good.test"), lambda r: r.qid is None)
+        assert refused.refused == {
+            "ann@good.test": "550 5.7.1 Recipient is on a suppression list (manual)"
+        }
+        assert to(b, "bob@good.test").qid
+        mx.wait_for(1)
 
-            redis.kill()
-            closed = until(lambda: to(b, "carl@good.test"), lambda r: r.qid is None)
-            assert closed.refused == {
-                "carl@good.test": "451 4.3.0 Policy state unavailable; try again later"
-            }
-            assert b.wait_event("store_unavailable")["backend"] == "redis"
+        redis.kill()
+        closed = until(lambda: to(b, "carl@good.test"), lambda r: r.qid is None)
+        assert closed.refused == {
+            "carl@good.test": "451 4.3.0 Policy state unavailable; try again later"
+        }
+        assert b.wait_event("store_unavailable")["backend"] == "redis"
 
-            redis.start()  # same port and data directory: the list is still there
-            deadline = time.monotonic() + 15
-            while len(b.events("store_connected")) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)  # the first was at start
-            opened = until(lambda: to(b, "carl@good.test"), lambda r: r.qid is not None)
-            assert opened.qid
-            assert to(a, "ann@good.test").qid is None  # the suppression survived
-            status, _ = b.admin("POST", "/suppression", {"address": "dee@good.test"})
-            assert status == 200
-            assert until(lambda: to(a, "dee@good.test"), lambda r: r.qid is None).refused
-    finally:
-        redis.stop()
+        redis.start()  # same port and data directory: the list is still there
+        deadline = time.monotonic() + 15
+        while len(b.events("store_connected")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first was at start
+        opened = until(lambda: to(b, "carl@good.test"), lambda r: r.qid is not None)
+        assert opened.qid
+        assert to(a, "ann@good.test").qid is None  # the suppression survived
+        status, _ = b.admin("POST", "/suppression", {"address": "dee@good.test"})
+        assert status == 200
+        assert until(lambda: to(a, "dee@good.test"), lambda r: r.qid is None).refused
 
 
 def shaped_fleet(
@@ -100,57 +118,109 @@ def send_through(nodes: tuple[GatewayProcess, ...], count: int, domain: str) -> 
 
 
 def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
-    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
 ) -> None:
     """site_message_rate 10/s: 60 messages through two nodes take about 5 s
     together (each alone at 10/s would finish in 2 s). With Redis gone each
     node holds the rate alone and mail still flows."""
-    redis = RedisServer().start()
     rule = '[domain."good.test"]\nsite_message_rate = "10/s"\n'
     config = shaped_fleet(base_config, redis, tmp_path / "rate.toml", rule)
-    try:
-        with (
-            Receiver(MX["good1"], mx_port) as mx,
-            GatewayProcess(tmp_path / "a", config) as a,
-            GatewayProcess(tmp_path / "b", config) as b,
-        ):
-            send_through((a, b), 30, "good.test")
-            got = mx.wait_for(60, timeout=30)
-            times = sorted(m.at for m in got)
-            # 10 at once (the burst), then 10 a second for the 50 others.
-            assert times[-1] - times[0] >= 4.5
-            # After the first second (the burst plus a second's worth), never
-            # much over 10 in any second across both nodes.
-            later = [s for s in times if s >= times[0] + 1.0]
-            per_second = max(sum(1 for t in times if s <= t < s + 1.0) for s in later)
-            assert per_second <= 12
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        send_through((a, b), 30, "good.test")
+        got = mx.wait_for(60, timeout=30)
+        times = sorted(m.at for m in got)
+        # 10 at once (the burst), then 10 a second for the 50 others.
+        assert times[-1] - times[0] >= 4.5
+        # After the first second (the burst plus a second's worth), never
+        # much over 10 in any second across both nodes.
+        later = [s for s in times if s >= times[0] + 1.0]
+        per_second = max(sum(1 for t in times if s <= t < s + 1.0) for s in later)
+        assert per_second <= 12
 
-            redis.kill()
-            send_through((a,), 10, "good.test")  # Redis gone: a's own limiter
-            mx.wait_for(70, timeout=30)
-            assert a.wait_event("site_limits_local")["error"]
-    finally:
-        redis.stop()
+        redis.kill()
+        send_through((a,), 10, "good.test")  # Redis gone: a's own limiter
+        mx.wait_for(70, timeout=30)
+        assert a.wait_event("site_limits_local")["error"]
 
 
 def test_two_nodes_share_a_site_connection_limit(
-    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
 ) -> None:
     """site_max_connections 2 across the fleet: a slow MX never sees more than
     two connections from both nodes together (each alone would open several)."""
-    redis = RedisServer().start()
     rule = '[domain."slowconn.test"]\nsite_max_connections = 2\n'
     config = shaped_fleet(base_config, redis, tmp_path / "connections.toml", rule)
-    try:
-        with (
-            Receiver(MX["slowconn"], mx_port, data_delay=0.3) as slow,
-            GatewayProcess(tmp_path / "a", config) as a,
-            GatewayProcess(tmp_path / "b", config) as b,
-        ):
-            send_through((a, b), 12, "slowconn.test")
-            slow.wait_for(24, timeout=60)
-            assert slow.most_open_connections == 2
-            assert a.events("delivered")  # both nodes took part
-            assert b.events("delivered")
-    finally:
-        redis.stop()
+    with two_nodes(tmp_path, config, Receiver(MX["slowconn"], mx_port, data_delay=0.3)) as (
+        slow,
+        a,
+        b,
+    ):
+        send_through((a, b), 12, "slowconn.test")
+        slow.wait_for(24, timeout=60)
+        assert slow.most_open_connections == 2
+        assert a.events("delivered")  # both nodes took part
+        assert b.events("delivered")
+
+
+def test_two_nodes_share_one_warmup_cap(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+) -> None:
+    """Source a is on day 1 of warm-up (10 a day) on both nodes; 15 messages
+    through each: together they send at most 10 from a (each alone would send
+    10), and the rest go from the warm source b."""
+    config = {
+        **base_config,
+        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "warmup-fleet"},
+        "egress": {
+            "sources": [
+                {"name": "a", "address": "127.0.0.31"},
+                {"name": "b", "address": "127.0.0.32"},
+            ],
+            "pools": [{"name": "ab", "sources": {"a": 1, "b": 1}}],
+            "default_pool": "ab",
+        },
+        "delivery": {**base_config["delivery"], "max_messages_per_connection": 1},
+        "plugins": {"enabled": ["warmup"]},
+        "plugin": {"warmup": {"sources": ["a"], "schedule": [10, 100], "providers": ["other"]}},
+    }
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        send_through((a, b), 15, "good.test")
+        got = mx.wait_for(30, timeout=30)
+        from_a = sum(1 for m in got if m.peer == "127.0.0.31")
+        # Never over the cap; under it by at most the blocks the nodes hold.
+        assert 6 <= from_a <= 10
+        assert a.events("delivered")
+        assert b.events("delivered")
+
+
+def test_a_complaint_taken_by_one_node_throttles_mail_sent_by_another(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+) -> None:
+    """Node a delivers three messages; the complaint about one of them reaches
+    node b, which finds the message in the shared sent index. The window's
+    counts are the fleet's (1 complaint / 3 delivered, over the 10% limit), so
+    both nodes suspend the sender domain."""
+    config = {
+        **base_config,
+        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "complaint-fleet"},
+        "smtp": {"relay_networks": ["127.0.0.1/32"]},
+        "feedback": {
+            "fbl_addresses": ["fbl@bounces.sender.test"],
+            "complaint_min_delivered": 3,
+            "complaint_warn": 0.05,
+            "complaint_limit": 0.1,
+        },
+        "plugins": {"enabled": ["bounce_classes"]},
+    }
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        for n in range(3):
+            message = make_message(f"fleet {n}")
+            send_message(a.port, "app@sender.test", [f"r{n}@good.test"], message)
+        original = mx.wait_for(3)[0]
+        time.sleep(1.5)  # a's sent index and counts reach Redis once a second
+        report = reports.arf(original.content, None)
+        taken = send_message(b.port, "", ["fbl@bounces.sender.test"], report, source=OUTSIDER)
+        assert taken.data_reply == "250 2.0.0 Report received"
+        for node in (b, a):
+            throttle = node.wait_event("complaint_throttle", kind="sender_domain")
+            assert (throttle["action"], throttle["stream"]) == ("suspend", "sender.test")

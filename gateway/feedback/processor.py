@@ -90,7 +90,7 @@ class FeedbackLoop(FeedbackIdentity):
         super().__init__(config, hostname)
         self._plugins = plugins
         self.sent = SentIndex(store, config.remember)
-        self.complaints = ComplaintMonitor(config, throttle)
+        self.complaints = ComplaintMonitor(config, throttle, store)
 
     # -- what comes back ------------------------------------------------------------
 

@@ -4,18 +4,18 @@ One record per queue ID in the policy store (namespace "sent"): sender,
 tenant, campaign, stream, and per delivered recipient the egress source and
 provider. Records are written in batches once a second (a crash can lose the
 last second's records: reports about those messages then go unmatched) and
-expire after `feedback.remember`.
+expire after `feedback.remember`. While a shared store is unreachable the
+records wait in memory and go with the next flush that succeeds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Any
 
+from gateway.periodic import Periodic
 from gateway.plugin import Delivery
-from gateway.store import PolicyStore
+from gateway.store import PolicyStore, StoreUnavailable
 
 NAMESPACE = "sent"
 FLUSH_SECONDS = 1.0
@@ -27,11 +27,11 @@ class SentIndex:
         store.keep_cold(NAMESPACE)  # one record per message sent: never all in memory
         self._remember = remember
         self._pending: dict[str, dict[str, Any]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic("sent-index", FLUSH_SECONDS, self.flush)
 
     def delivered(self, delivery: Delivery) -> None:
         record = self._pending.get(delivery.qid) or dict(
-            self._store.get(NAMESPACE, delivery.qid)
+            self._stored(delivery.qid)
             or {
                 "sender": delivery.sender,
                 "tenant": delivery.tenant,
@@ -50,6 +50,15 @@ class SentIndex:
         }
         self._pending[delivery.qid] = record
 
+    def _stored(self, qid: str) -> dict[str, Any] | None:
+        """The message's record from earlier deliveries (none if the store is out
+        of reach: the record then starts again, and the next flush replaces the
+        stored one with what this delivery knows)."""
+        try:
+            return self._store.get(NAMESPACE, qid)
+        except StoreUnavailable:
+            return None
+
     def lookup(self, qid: str) -> dict[str, Any] | None:
         return self._pending.get(qid) or self._store.get(NAMESPACE, qid)
 
@@ -58,19 +67,14 @@ class SentIndex:
             return
         batch, self._pending = self._pending, {}
         expires = time.time() + self._remember
-        await self._store.put_many(NAMESPACE, [(q, r, expires) for q, r in batch.items()])
+        try:
+            await self._store.put_many(NAMESPACE, [(q, r, expires) for q, r in batch.items()])
+        except StoreUnavailable:
+            self._pending = {**batch, **self._pending}  # kept for the next flush
+            raise
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(FLUSH_SECONDS)
-                await self.flush()
-
-        self._task = asyncio.create_task(loop(), name="sent-index")
+        self._flusher.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        await self._flusher.stop()
