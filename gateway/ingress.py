@@ -6,7 +6,6 @@ envelope; it carries the queue ID, and so does every log line about it.
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import logging
 import re
@@ -29,7 +28,7 @@ from gateway.metrics import (
     RECEIVED_BYTES,
     bounded,
 )
-from gateway.pipeline import MessagePipeline, Prepared
+from gateway.pipeline import MessagePipeline, Prepared, message_date
 from gateway.plugin import Decision, EnvelopeInfo, MessageInfo, SessionInfo
 from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewayEnvelope, peer_ip, session_info
@@ -409,6 +408,6 @@ def _received_header(hostname: str, submission: Submission, qid: str, now: float
     line = (
         f"Received: from {helo or 'unknown'} ([{ip}])\r\n"
         f"\tby {hostname} (Deliverability Gateway) with {protocol} id {qid}{rcpt};\r\n"
-        f"\t{email.utils.formatdate(now)}\r\n"
+        f"\t{message_date(int(now))}\r\n"
     )
     return line.encode("utf-8")

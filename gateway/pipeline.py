@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import os
 import re
@@ -84,6 +85,13 @@ def remove_header_fields(data: bytes, names: set[str]) -> bytes:
     return b"\r\n".join(kept) + sep + body
 
 
+@functools.lru_cache(maxsize=4)
+def message_date(second: int, local: bool = False) -> str:
+    """An RFC 5322 date for a whole second: formatted once per second, not per
+    message (a Received header on each, a Date header when one is missing)."""
+    return email.utils.formatdate(second, localtime=local)
+
+
 @dataclass
 class Prepared:
     """A message ready to spool, or the reply refusing it."""
@@ -143,7 +151,7 @@ class MessagePipeline:
             raw,
             smtputf8=smtputf8,
             message_id=f"<{qid}@{self._config.node.hostname}>" if message.add_message_id else None,
-            date=email.utils.formatdate(localtime=True) if message.add_date else None,
+            date=message_date(int(time.time()), local=True) if message.add_date else None,
         )
         result = Prepared(prepared.data, prepared.view, prepared.scan, prepared.findings)
         labels = {name: prepared.view.get(name) for name in LABEL_HEADERS}

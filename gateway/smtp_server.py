@@ -21,11 +21,21 @@ from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from gateway import aiosmtpd_patches
 from gateway.auth import Authenticator, AuthUnavailable
 from gateway.config import Config
 from gateway.log import event
 from gateway.metrics import AUTH_ATTEMPTS, SESSIONS_REFUSED
 from gateway.plugin import Login, SessionInfo
+
+aiosmtpd_patches.install()
+
+# Bytes a session's stream reader buffers before it stops reading the socket.
+# aiosmtpd sets it to the line length limit (1001), so a 2 KB message made the
+# transport stop and restart reading (two epoll_ctl calls) on every DATA. Line
+# lengths are still checked against line_length_limit, command by command and
+# line by line of DATA.
+READ_BUFFER = 64 * 1024
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 # Enhanced status codes (RFC 2034/3463) for aiosmtpd's own replies that lack one.
@@ -132,6 +142,9 @@ class GatewaySMTP(SMTP):
         **kwargs: Any,
     ) -> None:
         super().__init__(hooks or SessionHooks(policy), **kwargs)
+        reader = getattr(self, "_stream_reader", None)  # asyncio's StreamReaderProtocol
+        if reader is not None and hasattr(reader, "_limit"):
+            reader._limit = READ_BUFFER
         self.policy = policy
         self._plain_replies = False
         self._limits = limits

@@ -126,11 +126,12 @@ def test_oversize_data_is_552_and_not_queued(gateway: GatewayProcess) -> None:
     assert set(gateway.spool_files()) == before
 
 
-def test_data_line_too_long_is_500(gateway: GatewayProcess) -> None:
+@pytest.mark.parametrize("length", [1001, 5000, 100_000])  # up to and past the read buffer
+def test_data_line_too_long_is_500(gateway: GatewayProcess, length: int) -> None:
     with client(gateway) as c:
         c.mail("app@sender.test")
         c.rcpt("long@good.test")
-        code, msg = c.data(b"Subject: x\r\n\r\n" + b"y" * 5000 + b"\r\n")
+        code, msg = c.data(b"Subject: x\r\n\r\n" + b"y" * length + b"\r\n")
         assert (code, msg[:5]) == (500, b"5.5.2")
 
 

@@ -1,0 +1,47 @@
+"""Per-connection work aiosmtpd repeats that is the same for every connection.
+
+`aiosmtpd.smtp.SMTP.__init__` lists every member of the new session object
+and of the handler with `inspect.getmembers` (to find `auth_*` methods) and
+reads the signature of the handler's `handle_EHLO`, on every connection:
+13% of an ingress process's CPU under load (py-spy, BENCHMARKS.md), for
+answers that depend only on the classes. `install()` gives aiosmtpd's module
+an `inspect` that remembers them per class; everything else is the real
+`inspect`. Bound methods are still taken from each object, so behaviour is
+unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import aiosmtpd.smtp
+
+
+class _CachingInspect:
+    def __init__(self) -> None:
+        self._auth_names: dict[type, list[str]] = {}
+        self._signatures: dict[Any, inspect.Signature] = {}
+
+    def getmembers(self, obj: Any) -> list[tuple[str, Any]]:
+        # aiosmtpd keeps only the members named auth_*, so only those are listed.
+        names = self._auth_names.get(type(obj))
+        if names is None:
+            names = [name for name, _ in inspect.getmembers(obj) if name.startswith("auth_")]
+            self._auth_names[type(obj)] = names
+        return [(name, getattr(obj, name)) for name in names]
+
+    def signature(self, obj: Any) -> inspect.Signature:
+        function = getattr(obj, "__func__", obj)  # a bound method: its function
+        found = self._signatures.get(function)
+        if found is None:
+            found = self._signatures[function] = inspect.signature(obj)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(inspect, name)
+
+
+def install() -> None:
+    if not isinstance(aiosmtpd.smtp.inspect, _CachingInspect):  # type: ignore[attr-defined]
+        aiosmtpd.smtp.inspect = _CachingInspect()  # type: ignore[assignment,attr-defined]
