@@ -321,6 +321,7 @@ class IngressHandler:
         self._submit(SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients]))
         event(
             "received",
+            logging.DEBUG,  # the accounting log has every reception
             qid=qid,
             client=ip,
             helo=helo,

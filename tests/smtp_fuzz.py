@@ -239,7 +239,7 @@ def fuzz_config(dns: DnsServer) -> dict[str, Any]:
         "dns": {"nameservers": [dns.address], "port": dns.port, "timeout": "1s"},
         "delivery": {"port": 9, "timeouts": {"connect": "1s"}},  # nothing listens
         "smtp": {"max_message_size": 64 * 1024, "max_recipients": 5},
-        "log": {"level": "info"},
+        "log": {"level": "debug"},  # `received` lines count the accepted messages
     }
 
 

@@ -1023,7 +1023,9 @@ class DeliveryEngine:
             event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
         # Logged once recorded: a "delivered" line means it will not be sent again.
         for kind, fields in logged:
-            event(kind, logging.INFO if kind == "delivered" else logging.WARNING, **fields)
+            # Every outcome is in the accounting log; the main log keeps the
+            # trouble at warning, and each delivery at debug.
+            event(kind, logging.DEBUG if kind == "delivered" else logging.WARNING, **fields)
         for entry in accounted:
             account(**entry)
         self._tell_plugins(outcomes_for_plugins)
@@ -1032,7 +1034,8 @@ class DeliveryEngine:
             self._wake.set()
         if message.done:
             self._messages.pop(env.qid, None)
-            event("finished", qid=env.qid, seconds_in_queue=round(now - env.received_at, 3))
+            seconds = round(now - env.received_at, 3)
+            event("finished", logging.DEBUG, qid=env.qid, seconds_in_queue=seconds)
 
     def _classify(self, kind: str, status: str, reply: str) -> str:
         """The bounce class of a failed attempt: a plugin's, else from the status."""
