@@ -9,8 +9,10 @@ sink, and prints messages/s for each and the ratio gateway/Postfix.
 
 With --dkim the gateway runs a second time signing every message (RSA-2048,
 relaxed/relaxed), and so does Postfix with OpenDKIM as its milter.
-With --ingress-processes N it runs SMTP ingress in N worker processes
-([node] ingress_processes), the main process delivering. Each gateway run also
+It runs SMTP ingress in --ingress-processes worker processes ([node]
+ingress_processes; by default one per core), the main process delivering.
+Each phase also prints the whole machine's CPU time per message (load
+generator and sink included), the cost of each MTA whatever the core count. Each gateway run also
 prints its p50/p99 accept latency (end of DATA to 250, from its
 gateway_accept_seconds histogram), and the accept-only rate of an aiosmtpd
 server that does nothing with the mail is measured as a ceiling for ingress.
@@ -97,16 +99,30 @@ def wait_delivered(sink: Sink, target: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, /proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(name: str, port: int, sink: Sink, args: argparse.Namespace) -> dict[str, float]:
     base = sink.count()
-    start = time.monotonic()
+    start, cpu = time.monotonic(), busy_seconds()
     accept = drive(port, args.messages, args.sessions, args.size)
     wait_delivered(sink, base + args.messages, args.timeout)
     total = time.monotonic() - start
-    result = {"accept_per_s": args.messages / accept, "e2e_per_s": args.messages / total}
+    result = {
+        "accept_per_s": args.messages / accept,
+        "e2e_per_s": args.messages / total,
+        # The machine's CPU per message, load generator and sink included:
+        # what an MTA costs, whatever the number of cores.
+        "cpu_ms": (busy_seconds() - cpu) * 1000 / args.messages,
+    }
     print(
         f"{name:<10} accepted {result['accept_per_s']:8.0f} msg/s   "
-        f"delivered end to end {result['e2e_per_s']:8.0f} msg/s   ({total:.1f} s)",
+        f"delivered end to end {result['e2e_per_s']:8.0f} msg/s   ({total:.1f} s, "
+        f"{result['cpu_ms']:.2f} ms CPU per message)",
         flush=True,
     )
     return result
@@ -250,7 +266,10 @@ def main() -> None:
         "--dkim", action="store_true", help="also run the gateway signing with RSA-2048"
     )
     parser.add_argument(
-        "--ingress-processes", type=int, default=0, help="[node] ingress_processes of the gateway"
+        "--ingress-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="[node] ingress_processes of the gateway (default: one per core)",
     )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "nsd", "opendkim"):

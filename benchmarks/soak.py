@@ -15,6 +15,7 @@ after warm-up and the last (flat: within 10%).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import tempfile
 import time
@@ -50,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=6, help="parallel smtp-source sessions")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--ingress-processes", type=int, default=1)
+    parser.add_argument("--ingress-processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
