@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -30,7 +31,7 @@ from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewaySMTP, drain_sessions, open_listeners
-from gateway.spool import Spool
+from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
 from gateway.tls import ServerTls
@@ -92,10 +93,17 @@ class Gateway:
         self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
-    async def _queued_by_worker(self, qid: str) -> None:
+    async def _queued_by_worker(self, qid: str, envelope: dict[str, Any] | None) -> None:
+        """A worker spooled a message (`envelope`: its spool header, so the file
+        need not be read back; a fresh message has no journal yet)."""
         try:
-            self.engine.submit(await self.spool.load(qid))
-        except (OSError, ValueError, KeyError) as exc:
+            if envelope is not None and envelope.get("qid") == qid:
+                spooled = Envelope(**envelope)
+                message = SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients])
+            else:
+                message = await self.spool.load(qid)
+            self.engine.submit(message)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             event("worker_queued_unreadable", logging.ERROR, qid=qid, error=str(exc))
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ spool when it starts. Reports to our feedback addresses are processed by
 the queue manager (it knows what was sent and keeps the complaint rates),
 so a worker hands them over and waits for the reply to give its client.
 
-    worker -> manager   {"op": "queued", "qid": Q}
+    worker -> manager   {"op": "queued", "qid": Q, "envelope": {...}}
     worker -> manager   {"op": "stats", "inbound": N}        (open sessions, each second)
     worker -> manager   {"op": "account", "kind": K, "fields": {...}}  (accounting log)
     worker -> manager   {"op": "feedback", "id": N, "rcpts": [...], "data": BASE64}
@@ -44,7 +44,7 @@ class IngressBridge:
     def __init__(
         self,
         path: Path,
-        queued: Callable[[str], Awaitable[None]],
+        queued: Callable[[str, dict[str, Any] | None], Awaitable[None]],
         feedback: Callable[[list[str], bytes], Awaitable[str]],
     ) -> None:
         self.path = path
@@ -75,7 +75,7 @@ class IngressBridge:
                 elif request["op"] == "account":
                     account(request["kind"], **request["fields"])
                 elif request["op"] == "queued":
-                    await self._queued(request["qid"])
+                    await self._queued(request["qid"], request.get("envelope"))
                 elif request["op"] == "feedback":
                     raw = base64.b64decode(request["data"])
                     reply = await self._feedback(request["rcpts"], raw)
@@ -140,7 +140,8 @@ class ManagerLink:
         """The message is on disk: schedule it (IngressHandler's submit)."""
         with contextlib.suppress(ConnectionError):
             # If this fails the manager is restarting and finds it in the spool.
-            self._send({"op": "queued", "qid": message.qid})
+            # The envelope as spooled, so the manager need not read it back.
+            self._send({"op": "queued", "qid": message.qid, "envelope": message.envelope.__dict__})
 
     def account(self, kind: str, fields: dict[str, Any]) -> None:
         """An accounting record, for the manager to write (accounting.forward_accounting)."""

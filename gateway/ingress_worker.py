@@ -106,6 +106,7 @@ class IngressWorker:
             public_url=self.config.http.public_url,
             data_dir=str(self.config.node.data_dir),
             emit=self.plugins.all_quiet,
+            delivers=False,
         )
 
     def reload(self) -> None:

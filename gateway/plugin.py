@@ -229,6 +229,9 @@ class PluginContext:
     public_url: str  # [http] public_url: how recipients reach the HTTP endpoints
     data_dir: str
     emit: Callable[..., Awaitable[None]] = field(repr=False)  # emit("hook_name", **kwargs)
+    # False in an ingress worker: this process takes mail in but never delivers,
+    # so delivery-side state (caps, counters) is not its to keep.
+    delivers: bool = True
 
     def log(self, name: str, level: int = logging.INFO, **fields: Any) -> None:
         """One JSON log line, tagged with the plugin's name."""

@@ -4,6 +4,7 @@ site rate and connection limit, one warm-up cap, one complaint window."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_client
 
 from gateway.testing import GatewayProcess, Receiver, RedisServer
 from gateway.testing.client import SendResult, send_message
@@ -167,7 +169,8 @@ def test_two_nodes_share_one_warmup_cap(
 ) -> None:
     """Source a is on day 1 of warm-up (10 a day) on both nodes; 15 messages
     through each: together they send at most 10 from a (each alone would send
-    10), and the rest go from the warm source b."""
+    10), and the rest go from the warm source b. Each node takes mail in
+    through an ingress worker, which must take no share of the cap."""
     config = {
         **base_config,
         "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "warmup-fleet"},
@@ -180,6 +183,7 @@ def test_two_nodes_share_one_warmup_cap(
             "default_pool": "ab",
         },
         "delivery": {**base_config["delivery"], "max_messages_per_connection": 1},
+        "node": {"ingress_processes": 1},
         "plugins": {"enabled": ["warmup"]},
         "plugin": {"warmup": {"sources": ["a"], "schedule": [10, 100], "providers": ["other"]}},
     }
@@ -187,10 +191,13 @@ def test_two_nodes_share_one_warmup_cap(
         send_through((a, b), 15, "good.test")
         got = mx.wait_for(30, timeout=30)
         from_a = sum(1 for m in got if m.peer == "127.0.0.31")
-        # Never over the cap; under it by at most the blocks the nodes hold.
+        # Never over the cap; under it by at most the blocks (2) the nodes hold.
         assert 6 <= from_a <= 10
         assert a.events("delivered")
         assert b.events("delivered")
+        counts = redis_client.Redis.from_url(redis.url).hgetall("warmup-fleet:ns:warmup-count")
+        taken = sum(json.loads(raw)["r"]["n"] for raw in counts.values())
+        assert from_a <= taken <= from_a + 2 * 2  # shares taken by the delivering processes only
 
 
 def test_a_complaint_taken_by_one_node_throttles_mail_sent_by_another(
@@ -224,3 +231,41 @@ def test_a_complaint_taken_by_one_node_throttles_mail_sent_by_another(
         for node in (b, a):
             throttle = node.wait_event("complaint_throttle", kind="sender_domain")
             assert (throttle["action"], throttle["stream"]) == ("suspend", "sender.test")
+
+
+def test_two_nodes_on_one_host_share_the_smtp_port_and_each_delivers_its_own(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+) -> None:
+    """Delivery beyond one queue manager on one host: two nodes (each its own
+    data directory and queue manager, one ingress worker each) listen on the
+    same SMTP address; the kernel spreads connections over both, and each node
+    delivers what it accepted, once."""
+    config = {
+        **base_config,
+        "store": {"backend": "redis", "redis_url": redis.url, "redis_prefix": "one-host"},
+        "node": {"ingress_processes": 1},
+        "plugins": {"enabled": ["suppression"]},
+    }
+    with (
+        Receiver(MX["good1"], mx_port) as mx,
+        GatewayProcess(tmp_path / "a", config) as a,
+        GatewayProcess(tmp_path / "b", config, port=a.port) as b,
+    ):
+        for node in (a, b):
+            node.wait_event("worker_started")
+        rcpts = [f"r{n}@good.test" for n in range(40)]
+        for rcpt in rcpts:
+            assert send_message(a.port, "app@sender.test", [rcpt], make_message("x")).qid
+        got = mx.wait_for(40)
+        assert sorted(r for m in got for r in m.rcpt_tos) == sorted(rcpts)  # each once
+        by_a, by_b = (len(node.events("received")) for node in (a, b))
+        assert by_a + by_b == 40
+        assert by_a > 0  # both queue managers delivered some
+        assert by_b > 0
+        status, _ = b.admin("POST", "/suppression", {"address": "r0@good.test"})
+        assert status == 200
+        refused = until(
+            lambda: send_message(a.port, "app@sender.test", ["r0@good.test"], make_message("y")),
+            lambda r: r.qid is None,
+        )
+        assert refused.refused  # one list, whichever node answers

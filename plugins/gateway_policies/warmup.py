@@ -188,6 +188,8 @@ class Warmup:
         unknown = set(self.settings.sources) - set(context.egress.source_names())
         if unknown:
             raise ValueError(f"warm-up sources not in [egress]: {', '.join(sorted(unknown))}")
+        if not context.delivers:
+            return  # an ingress worker: caps and days are the delivering process's
         await self.advance(time.time())
         self.tasks = [
             asyncio.create_task(self._every(FLUSH_SECONDS, self.flush)),
@@ -238,6 +240,9 @@ class Warmup:
         assert self.store is not None
         assert self.context is not None
         today = utc_date(now)
+        for counts in (self.held, self.sent, self.spent):
+            for key in [k for k in counts if not k.startswith(today)]:
+                del counts[key]  # past days' shares: nothing more to send under them
         for source in self.settings.sources:
             try:  # the fleet's view; without the store, the day waits (caps stay)
                 state = self.store.get(STATE, source) or {"day": 0, "date": today}
