@@ -13,6 +13,7 @@ import pytest
 from gateway_policies import bounce_classes, unsubscribe, warmup
 from gateway_policies.consent import Consent, ConsentSettings
 
+from gateway.store import StoreUnavailable
 from gateway.store.sqlite import SqliteStore
 
 RULES = bounce_classes.load_rules(bounce_classes.SHIPPED_RULES)
@@ -161,6 +162,55 @@ def test_warmup_moves_forward_only_on_clean_used_days() -> None:
     assert verdict(sent=80, deferred=30) == "back"  # 27% deferred
     assert verdict(sent=1000, complaints=4) == "hold"  # 0.4% complaints
     assert verdict(sent=1000, complaints=7) == "back"
+
+
+class _Unreachable(SqliteStore):
+    """A store whose shared backend has gone away (Redis down)."""
+
+    def get(self, namespace: str, key: str) -> None:
+        raise StoreUnavailable("gone")
+
+    async def take_up_to(self, *args: object) -> int:
+        raise StoreUnavailable("gone")
+
+
+class _Context:
+    def log(self, *args: object, **fields: object) -> None:
+        pass
+
+    def gauge(self, *args: object, **fields: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_warmup_cap_holds_with_and_without_the_store(tmp_path: Path, reachable: bool) -> None:
+    """A day's cap of 5: the node sends 5 and then waits for tomorrow, whether
+    it takes its share from the store or (store unreachable) counts alone."""
+    plugin = warmup.Warmup()
+    plugin.settings = warmup.WarmupSettings(sources=["a"], schedule=[5, 10])
+    store_type = SqliteStore if reachable else _Unreachable
+    plugin.store = store_type(tmp_path / "p.sqlite3")
+    plugin.context = _Context()  # type: ignore[assignment]
+    now = time.time()
+    day = warmup.utc_date(now)
+
+    async def send_all() -> int:
+        sent = 0
+        for _ in range(50):  # bounded: each turn sends one or waits briefly
+            wait = plugin.wait(day, "a", "other", now)
+            if wait > warmup.REFILL_WAIT:
+                break  # until midnight: the cap is spent
+            if wait:
+                await asyncio.sleep(0.01)
+                continue
+            plugin.take(day, "a", "other")
+            sent += 1
+        return sent
+
+    assert asyncio.run(send_all()) == 5
+    assert plugin.store_down is not reachable
+    if reachable:
+        assert plugin.store.get(warmup.COUNTS, f"{day}|a|other") == {"n": 5}
 
 
 def test_complaints_suppress_per_sender_domain_and_users_tell_the_stream(tmp_path: Path) -> None:
