@@ -81,6 +81,7 @@ class Gateway:
             self.pipeline,
             self.plugins,
             self.feedback if self.feedback.enabled else None,
+            self.store,
         )
         self._servers: list[asyncio.Server] = []
         # With ingress_processes, workers take SMTP and this process is the

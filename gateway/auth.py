@@ -8,12 +8,17 @@ runs in a thread, and a login that passed is remembered for `cache_seconds`
 by a keyed digest of the password (applications log in once per message).
 
 Failed logins are counted per client IP; past `max_failures` within
-`failure_window` the IP is refused until its failures age out.
+`failure_window` the IP is refused until its failures age out. The counts
+are the policy store's too (one record per IP and 1/15 of the window), so
+every ingress process and, on Redis, every node refuses an IP that failed
+anywhere: spreading guesses over workers or nodes gains nothing. Without
+the store each process counts alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -32,9 +37,12 @@ from gateway.metrics import AUTH_ATTEMPTS
 from gateway.plugin import Decision, Login, SessionInfo
 from gateway.plugin_host import PluginHost
 from gateway.secret_files import warn_if_exposed
+from gateway.store import PolicyStore, StoreUnavailable
 
 _hasher = PasswordHasher()
 MAX_TRACKED_IPS = 100_000  # failure records kept; the oldest go first
+FAILURES = "auth-failures"  # the store's namespace: "ip|bucket" -> {"n": failures}
+BUCKETS = 15  # the window in this many buckets
 
 
 class UsersFileError(Exception):
@@ -67,9 +75,13 @@ def read_users(path: Path) -> dict[str, tuple[str, Login]]:
 
 
 class Authenticator:
-    def __init__(self, config: SmtpAuthConfig, plugins: PluginHost) -> None:
+    def __init__(
+        self, config: SmtpAuthConfig, plugins: PluginHost, store: PolicyStore | None = None
+    ) -> None:
         self._config = config
         self._plugins = plugins
+        self._store = store
+        self._bucket = config.failure_window / BUCKETS
         self._users: dict[str, tuple[str, Login]] = {}
         self._cache: dict[tuple[str, bytes], tuple[float, Login]] = {}
         self._pepper = secrets.token_bytes(32)  # keys the cache digests
@@ -91,24 +103,44 @@ class Authenticator:
         return len(self._users)
 
     def blocked(self, ip: str) -> bool:
-        """Whether `ip` failed too often lately to be let try again."""
+        """Whether `ip` failed too often lately to be let try again: here, or
+        (through the store) in another process or node."""
+        return max(self._local_failures(ip), self._shared_failures(ip)) >= self._config.max_failures
+
+    def _local_failures(self, ip: str) -> int:
         failures = self._failures.get(ip)
         if not failures:
-            return False
+            return 0
         horizon = time.monotonic() - self._config.failure_window
         while failures and failures[0] < horizon:
             failures.popleft()
         if not failures:
             del self._failures[ip]
-            return False
-        return len(failures) >= self._config.max_failures
+        return len(failures)
 
-    def _failed(self, ip: str) -> None:
+    def _shared_failures(self, ip: str) -> int:
+        if self._store is None:
+            return 0
+        now = int(time.time() // self._bucket)
+        try:
+            records = (
+                self._store.get(FAILURES, f"{ip}|{b}") for b in range(now - BUCKETS + 1, now + 1)
+            )
+            return sum(int(r.get("n", 0)) for r in records if r)
+        except StoreUnavailable:
+            return 0  # this process's own count decides
+
+    async def _failed(self, ip: str) -> None:
         if ip not in self._failures and len(self._failures) >= MAX_TRACKED_IPS:
             del self._failures[next(iter(self._failures))]
         self._failures.setdefault(ip, deque(maxlen=self._config.max_failures)).append(
             time.monotonic()
         )
+        if self._store is not None:
+            bucket = int(time.time() // self._bucket)
+            expires = (bucket + BUCKETS + 1) * self._bucket
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.add_counts(FAILURES, [(f"{ip}|{bucket}", {"n": 1}, expires)])
 
     async def login(self, session: SessionInfo, user: str, password: str) -> Login | None:
         """The Login if these credentials are good, else None (counted against
@@ -117,7 +149,7 @@ class Authenticator:
         outcome = "success" if found else "failure"
         AUTH_ATTEMPTS.labels(outcome).inc()
         if found is None:
-            self._failed(session.client_ip)
+            await self._failed(session.client_ip)
             event("auth_failed", logging.WARNING, client=session.client_ip, user=user[:64])
         else:
             event("auth", client=session.client_ip, user=found.user, tenant=found.tenant)

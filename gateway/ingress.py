@@ -34,6 +34,7 @@ from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewayEnvelope, peer_ip, session_info
 from gateway.spool import Envelope as SpoolEnvelope
 from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
+from gateway.store import PolicyStore
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -84,10 +85,11 @@ class IngressHandler:
         pipeline: MessagePipeline,
         plugins: PluginHost | None = None,
         feedback: FeedbackIdentity | None = None,
+        store: PolicyStore | None = None,
     ) -> None:
         self._config = config
         self._plugins = plugins or PluginHost(config, plugins={})
-        self.auth = Authenticator(config.smtp.auth, self._plugins)
+        self.auth = Authenticator(config.smtp.auth, self._plugins, store)
         self._feedback = feedback
         self._spool = spool
         self._pipeline = pipeline

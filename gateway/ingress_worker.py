@@ -91,6 +91,7 @@ class IngressWorker:
             self.pipeline,
             self.plugins,
             feedback if feedback.enabled else None,
+            self.store,
         )
         self._stop = asyncio.Event()
 

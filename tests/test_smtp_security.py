@@ -43,14 +43,16 @@ def users_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def secured(
-    tmp_path: Path, base_config: dict[str, Any]
-) -> Iterator[tuple[GatewayProcess, Certificate]]:
+def secured_gateway(
+    tmp_path: Path, base_config: dict[str, Any], **node: Any
+) -> tuple[GatewayProcess, Certificate]:
+    """A gateway with STARTTLS, implicit TLS and AUTH from a users file
+    (3 failures lock an IP out); `node` adds [node] settings."""
     cert = issue(tmp_path / "tls", ["gateway.test"])
     submissions = free_port()
     config = {
         **base_config,
+        "node": node,
         "smtp": {
             "relay_networks": ["127.0.0.1/32"],
             "submissions_listen": [f"127.0.0.1:{submissions}"],
@@ -60,6 +62,14 @@ def secured(
     }
     gw = GatewayProcess(tmp_path / "gw", config)
     gw.submissions_port = submissions  # type: ignore[attr-defined]
+    return gw, cert
+
+
+@pytest.fixture
+def secured(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> Iterator[tuple[GatewayProcess, Certificate]]:
+    gw, cert = secured_gateway(tmp_path, base_config)
     with gw.start():
         yield gw, cert
 
@@ -93,9 +103,9 @@ def test_auth_over_starttls_lets_a_user_relay_as_its_tenant(
     assert PASSWORD not in gw.log_path.read_text()
 
 
-def test_guessing_is_locked_out_per_client_ip(secured: tuple[GatewayProcess, Certificate]) -> None:
-    gw, _ = secured
-    for _ in range(3):
+def fail_logins(gw: GatewayProcess, times: int) -> None:
+    """`times` wrong passwords from OUTSIDER, each on a new connection."""
+    for _ in range(times):
         with smtplib.SMTP("127.0.0.1", gw.port, source_address=(OUTSIDER, 0)) as client:
             client.starttls(context=client_tls())
             client.ehlo()
@@ -103,18 +113,46 @@ def test_guessing_is_locked_out_per_client_ip(secured: tuple[GatewayProcess, Cer
             with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
                 client.auth("PLAIN", client.auth_plain)  # one try (login() tries two)
             assert failed.value.smtp_code == 535
+
+
+def auth_reply(gw: GatewayProcess) -> tuple[int, bytes]:
+    """The reply to AUTH from OUTSIDER on a new connection."""
     with smtplib.SMTP("127.0.0.1", gw.port, source_address=(OUTSIDER, 0)) as client:
         client.starttls(context=client_tls())
         client.ehlo()
-        # Even the right password is refused while the IP is locked out.
-        code, reply = client.docmd("AUTH", "LOGIN")
-        assert (code, reply) == (421, b"4.7.0 Too many failed logins; try again later")
+        return client.docmd("AUTH", "LOGIN")
+
+
+LOCKED_OUT = (421, b"4.7.0 Too many failed logins; try again later")
+
+
+def test_guessing_is_locked_out_per_client_ip(secured: tuple[GatewayProcess, Certificate]) -> None:
+    gw, _ = secured
+    fail_logins(gw, 3)
+    # Even the right password is refused while the IP is locked out.
+    assert auth_reply(gw) == LOCKED_OUT
     # Another client IP is not affected.
     with smtplib.SMTP("127.0.0.1", gw.port, source_address=("127.0.0.8", 0)) as client:
         client.starttls(context=client_tls())
         assert client.login("shop-app", PASSWORD)[0] == 235
     assert len(gw.events("auth_failed")) == 3
     assert all(e["user"] == "shop-app" for e in gw.events("auth_failed"))
+
+
+def test_failed_logins_count_across_ingress_workers(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    """Two ingress workers: the kernel spreads the guesses over both, yet three
+    failures in all lock the IP out at whichever worker answers next (the
+    counts are in the policy store). Counted per worker, a worker that saw
+    fewer than three would let it guess on."""
+    gw, _ = secured_gateway(tmp_path, base_config, ingress_processes=2)
+    with gw.start():
+        for worker in (0, 1):
+            gw.wait_event("worker_started", worker=worker)
+        fail_logins(gw, 3)
+        time.sleep(1.2)  # another process's writes reach a worker within a second
+        assert [auth_reply(gw) for _ in range(8)] == [LOCKED_OUT] * 8
 
 
 def test_implicit_tls_on_the_submissions_port(
