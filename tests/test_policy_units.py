@@ -62,11 +62,33 @@ def test_the_store_is_durable_reads_its_writes_and_sees_other_processes(tmp_path
     assert store.get("ns", "a") == {"n": 1}
     assert store.get("ns", "gone") is None  # expired
     assert sorted(k for k, _ in store.scan("ns")) == ["a", "b"]
-    # Another process commits: the memory copy catches up within a second.
-    with sqlite3.connect(path) as other:
-        other.execute("INSERT INTO records VALUES ('ns', 'd', '{\"n\": 5}', NULL)")
+    # Another process commits: the memory copy catches up within a second, by
+    # re-reading the keys that changed, not the whole namespace.
+    held = store._memory["ns"]
+    other = SqliteStore(path)
+
+    async def other_writes() -> None:
+        await other.put("ns", "d", {"n": 5})
+        await other.delete("ns", "a")
+
+    asyncio.run(other_writes())
     store._checked = 0.0  # as if a second had passed
     assert store.get("ns", "d") == {"n": 5}
+    assert store.get("ns", "a") is None
+    assert store._memory["ns"] is held  # updated in place
+    # Our own write after another process's: theirs is still caught up on.
+    asyncio.run(other.put("ns", "e", {"n": 6}))
+    asyncio.run(store.put("ns", "f", {"n": 7}))
+    store._checked = 0.0
+    assert store.get("ns", "e") == {"n": 6}
+    # Change rows this store never read were purged: it reloads whole.
+    asyncio.run(other.put("ns", "g", {"n": 8}))
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM changes")
+    asyncio.run(other.put("ns", "h", {"n": 9}))
+    store._checked = 0.0
+    assert (store.get("ns", "g"), store.get("ns", "h")) == ({"n": 8}, {"n": 9})
+    other.close()
     store.close()
     reopened = SqliteStore(path)
     assert reopened.get("ns", "b") == {"n": 3}
