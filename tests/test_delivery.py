@@ -205,6 +205,17 @@ def test_received_header_and_line_endings(gateway: GatewayProcess, mx: Mx) -> No
     assert received["bare_lf"] == 6
 
 
+def test_lines_starting_with_dots_arrive_as_sent(gateway: GatewayProcess, mx: Mx) -> None:
+    """Dot-stuffing on the way in and out (RFC 5321 4.5.2): lines that start
+    with dots, a lone dot and a line of two dots reach the MX unchanged."""
+    body = b".starts with a dot\r\n..two dots\r\n.\r\n..\r\nend.\r\n"
+    head = b"From: a@sender.test\r\nSubject: dots\r\nMessage-ID: <dots@sender.test>\r\n\r\n"
+    qid = send(gateway.port, "app@sender.test", ["dots@good.test"], head + body)
+    gateway.wait_event("delivered", qid=qid)
+    (got,) = mx.good1.received_by("dots@good.test")
+    assert got.content.endswith(b"\r\n\r\n" + body)
+
+
 def test_domains_with_the_same_mx_hosts_share_one_connection(
     tmp_path: Path, base_config: dict[str, Any], mx: Mx
 ) -> None:
