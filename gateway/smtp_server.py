@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway import aiosmtpd_patches
 from gateway.auth import Authenticator, AuthUnavailable
@@ -27,6 +27,7 @@ from gateway.config import Config
 from gateway.log import event
 from gateway.metrics import AUTH_ATTEMPTS, SESSIONS_REFUSED
 from gateway.plugin import Login, SessionInfo
+from gateway.smtp_data import read_data
 
 aiosmtpd_patches.install()
 
@@ -320,6 +321,7 @@ class GatewaySMTP(SMTP):
             self._plain_replies = False
 
     async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's smtp_DATA, with the data read in large pieces (gateway/smtp_data.py).
         env = self.envelope
         if (
             isinstance(env, GatewayEnvelope)
@@ -329,7 +331,30 @@ class GatewaySMTP(SMTP):
         ):
             await self.push("554 5.5.1 Error: no valid recipients")
             return
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert env is not None
+        if not env.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, refusal = await read_data(
+                self._reader, self.data_size_limit, self.line_length_limit
+            )
+        except asyncio.IncompleteReadError:
+            return  # the client went away in the middle
+        if refusal is not None:
+            await self.push(refusal)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        env.content = env.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
 
 def _with_enhanced_code(status: str) -> str:
