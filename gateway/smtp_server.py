@@ -34,8 +34,8 @@ aiosmtpd_patches.install()
 # Bytes a session's stream reader buffers before it stops reading the socket.
 # aiosmtpd sets it to the line length limit (1001), so a 2 KB message made the
 # transport stop and restart reading (two epoll_ctl calls) on every DATA. Line
-# lengths are still checked against line_length_limit, command by command and
-# line by line of DATA.
+# lengths are still checked against line_length_limit: commands by aiosmtpd,
+# DATA by gateway/smtp_data.py.
 READ_BUFFER = 64 * 1024
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
