@@ -37,6 +37,7 @@ from gateway.log import event
 MAGIC = b"DGSPOOL1 "
 Status = Literal["pending", "delivered", "bounced", "expired"]
 FINAL: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
+SYNC_READ_BYTES = 256 * 1024
 
 
 class SpoolError(Exception):
@@ -154,6 +155,8 @@ class Spool:
         self.queue.mkdir(parents=True, exist_ok=True)
         self._dirsync = _GroupSync(self.queue)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="spool")
+        # The batch of finish() calls waiting for their trip to an I/O thread.
+        self._finishing: tuple[list[str], asyncio.Future[dict[str, OSError]]] | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -212,12 +215,37 @@ class Spool:
     async def finish(self, qid: str) -> None:
         """A message whose every recipient is final: remove it, durably (the
         directory fsync, shared with other writers, is its record; cheaper
-        than appending a journal line and then removing)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._finish, qid)
+        than appending a journal line and then removing).
 
-    def _finish(self, qid: str) -> None:
-        self._remove(qid)
-        self._dirsync.sync()
+        Messages finished in the same turn of the event loop are removed by
+        one trip to an I/O thread and covered by one directory fsync."""
+        if self._finishing is None:
+            batch: list[str] = []
+            # The task's first step runs on the loop's next turn, after every
+            # finish() of this turn has joined the batch.
+            self._finishing = (batch, asyncio.ensure_future(self._finish_batch(batch)))
+        qids, removing = self._finishing
+        qids.append(qid)
+        errors = await asyncio.shield(removing)
+        if qid in errors:
+            raise errors[qid]
+
+    async def _finish_batch(self, qids: list[str]) -> dict[str, OSError]:
+        self._finishing = None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._finish, qids)
+
+    def _finish(self, qids: list[str]) -> dict[str, OSError]:
+        errors: dict[str, OSError] = {}
+        for qid in qids:
+            try:
+                self._remove(qid)
+            except OSError as exc:
+                errors[qid] = exc
+        try:
+            self._dirsync.sync()
+        except OSError as exc:
+            errors.update(dict.fromkeys(qids, exc))
+        return errors
 
     async def remove(self, qid: str) -> None:
         """Forget a finished message (journal last, so a crash leaves it replayable)."""
@@ -229,7 +257,12 @@ class Spool:
 
     # -- reading -------------------------------------------------------------
 
-    async def read_body(self, qid: str) -> bytes:
+    async def read_body(self, qid: str, size: int = 0) -> bytes:
+        """The message's bytes. One of at most SYNC_READ_BYTES (`size`, from its
+        envelope; 0 for unknown) is read on the caller's thread: just written, it is in the
+        page cache, and a trip to an I/O thread would cost more than the read."""
+        if size and size <= SYNC_READ_BYTES:
+            return self._read_body(qid)
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read_body, qid)
 
     def _read_body(self, qid: str) -> bytes:

@@ -70,6 +70,42 @@ def test_spool_recovery_replays_journal_and_skips_torn_line(tmp_path: Path) -> N
     assert not list((tmp_path / "tmp").iterdir())
 
 
+def test_spool_finishes_a_turns_messages_together_and_keeps_errors_apart(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[list[BaseException | None], list[list[str]], bytes]:
+        spool = Spool(tmp_path)
+        qids = []
+        for n in range(5):
+            env = Envelope(spool.new_qid(), "s@a.test", [f"r{n}@b.test"], time.time(), size=20)
+            await spool.store(env, b"Subject: x\r\n\r\nhi\r\n")
+            qids.append(env.qid)
+        body = await spool.read_body(qids[0], 20)  # small: read on the loop's thread
+        # One message cannot be removed: a directory stands where its file was.
+        (spool.queue / qids[3]).unlink()
+        (spool.queue / qids[3]).mkdir()
+        (spool.queue / qids[3] / "x").touch()
+        trips: list[list[str]] = []
+        finish = spool._finish
+
+        def counted(batch: list[str]) -> dict[str, OSError]:
+            trips.append(list(batch))
+            return finish(batch)
+
+        spool._finish = counted  # type: ignore[method-assign,assignment]
+        results = await asyncio.gather(*(spool.finish(q) for q in qids), return_exceptions=True)
+        spool.close()
+        return [r if isinstance(r, BaseException) else None for r in results], trips, body
+
+    errors, trips, body = asyncio.run(scenario())
+    assert body == b"Subject: x\r\n\r\nhi\r\n"
+    assert len(trips) == 1  # one I/O trip, one directory fsync
+    assert len(trips[0]) == 5
+    assert [e is not None for e in errors] == [False, False, False, True, False]
+    assert isinstance(errors[3], OSError)
+    assert [p.name for p in (tmp_path / "queue").iterdir()] == [trips[0][3]]
+
+
 def test_backoff_grows_and_is_capped() -> None:
     sched = RetryScheduler(RetryConfig(first_interval=60, multiplier=2, max_interval=300, jitter=0))
     assert [sched.backoff(n) for n in (1, 2, 3, 4, 5)] == [60, 120, 240, 300, 300]

@@ -844,7 +844,7 @@ class DeliveryEngine:
     ) -> None:
         env = message.envelope
         try:
-            body = await self._spool.read_body(job.qid)
+            body = await self._spool.read_body(job.qid, env.size)
         except OSError as exc:
             await self._fail_job(job, "deferred", "4.3.0", f"spool read failed: {exc}", "")
             return
