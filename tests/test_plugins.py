@@ -101,6 +101,60 @@ def test_a_failing_plugin_is_logged_and_mail_still_flows(
     gw.wait_event("delivered", qid=result.qid)
 
 
+HEARS_DELIVERIES = """
+    import asyncio
+    from gateway import hookimpl
+
+    context = None
+
+    @hookimpl
+    def gateway_startup(context):
+        globals()["context"] = context
+
+    @hookimpl
+    def delivery_delivered(delivery):
+        context.log("{name}_heard", rcpt=delivery.recipient)
+
+    @hookimpl
+    async def delivery_deferred(delivery):
+        await asyncio.sleep(0.05)
+        context.log("{name}_heard_later", rcpt=delivery.recipient)
+"""
+
+RAISES_ON_DELIVERY = """
+    from gateway import hookimpl
+
+    @hookimpl
+    def delivery_delivered(delivery):
+        raise RuntimeError("notification bug")
+"""
+
+
+def test_outcome_notifications_reach_plain_and_async_plugins_past_a_failing_one(
+    tmp_path: Path, plugin_gateway: GatewayFactory
+) -> None:
+    plugins = {
+        "a_buggy": RAISES_ON_DELIVERY,
+        "b_hears": HEARS_DELIVERIES.replace("{name}", "b"),
+        "c_hears": HEARS_DELIVERIES.replace("{name}", "c"),
+    }
+    gw = plugin_gateway(
+        list(plugins),
+        env=install(tmp_path, plugins),
+        rcpt_policy=lambda rcpt, _: "451 4.3.0 try later" if rcpt.startswith("bob@") else None,
+    )
+    result = gw.send("app@shop.test", ["ann@example.test"])
+    gw.wait_event("delivered", qid=result.qid)
+    error = gw.wait_event("plugin_error", plugin="a_buggy")
+    assert (error["hook"], error["kind"]) == ("delivery_delivered", "error")
+    gw.wait_event("b_heard", rcpt="ann@example.test")
+    gw.wait_event("c_heard", rcpt="ann@example.test")
+    deferred = gw.send("app@shop.test", ["bob@example.test"])
+    gw.wait_event("deferred", qid=deferred.qid)
+    gw.wait_event("b_heard_later", rcpt="bob@example.test")
+    gw.wait_event("c_heard_later", rcpt="bob@example.test")
+
+
 def test_a_slow_plugin_times_out_with_a_4xx(tmp_path: Path, plugin_gateway: GatewayFactory) -> None:
     env = install(tmp_path, {"slow": SLOW})
     gw = plugin_gateway(["slow"], config={"plugins": {"timeouts": {"slow": 0.3}}}, env=env)
