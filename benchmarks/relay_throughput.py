@@ -5,17 +5,21 @@ through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
     .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20] [--dkim]
-        [--ingress-processes N]
+        [--ingress-processes N] [--rounds N]
 
 With --dkim the gateway runs a second time signing every message (RSA-2048,
 relaxed/relaxed), and so does Postfix with OpenDKIM as its milter.
 It runs SMTP ingress in --ingress-processes worker processes ([node]
 ingress_processes; by default one per core), the main process delivering.
 Each phase also prints the whole machine's CPU time per message (load
-generator and sink included), the cost of each MTA whatever the core count. Each gateway run also
-prints its p50/p99 accept latency (end of DATA to 250, from its
-gateway_accept_seconds histogram), and the accept-only rate of an aiosmtpd
-server that does nothing with the mail is measured as a ceiling for ingress.
+generator and sink included), the cost of each MTA whatever the core count.
+Each gateway run also prints its p50/p99 accept latency (end of DATA to 250,
+from its gateway_accept_seconds histogram). Last, aiosmtpd servers that
+accept and drop (as many processes as the gateway's workers) give the
+ingress ceiling and the CPU per message of the SMTP sessions alone, which
+the summary subtracts from each MTA's. This VM's speed drifts by ±15% over
+minutes: --rounds N runs every phase N times, alternating, and reports the
+median of the rounds' ratios.
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -28,6 +32,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +137,7 @@ def run_gateway(
     workdir: Path, sink: Sink, args: argparse.Namespace, dkim: bool = False
 ) -> dict[str, float]:
     zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
+    workdir.mkdir(exist_ok=True)
     with DnsServer(zone) as dns:
         # Postfix has no per-site rate limits; lift the gateway's shipped 100/s
         # messages and 60/m connections for the sink.
@@ -190,27 +196,46 @@ def accept_latency(admin_port: int) -> tuple[float, float]:
 
 NOOP_SERVER = """
 import asyncio, sys
-from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 class Nothing:
     async def handle_DATA(self, server, session, envelope):
         return "250 2.0.0 OK"
-Controller(Nothing(), hostname="127.0.0.1", port=int(sys.argv[1])).start()
-asyncio.get_event_loop().run_forever()
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(
+        lambda: SMTP(Nothing(), hostname="noop"), "127.0.0.1", int(sys.argv[1]),
+        reuse_port=True, backlog=512,
+    )
+    await asyncio.Event().wait()
+asyncio.run(main())
 """
 
 
-def run_noop(args: argparse.Namespace) -> float:
-    """smtp-source into an aiosmtpd server that accepts and drops: accepted msg/s."""
+def run_noop(args: argparse.Namespace) -> dict[str, float]:
+    """smtp-source into aiosmtpd servers that accept and drop, as many processes
+    as the gateway's ingress workers sharing one port: the ingress ceiling, and
+    the machine's CPU per message of SMTP sessions alone."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(port)])
+    count = max(1, args.ingress_processes)
+    servers = [
+        subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(port)]) for _ in range(count)
+    ]
     try:
         wait_for_port("127.0.0.1", port)
-        rate: float = args.messages / drive(port, args.messages, args.sessions, args.size)
+        time.sleep(1)  # every process listening
+        cpu = busy_seconds()
+        rate = args.messages / drive(port, args.messages, args.sessions, args.size)
+        cpu_ms = (busy_seconds() - cpu) * 1000 / args.messages
     finally:
-        server.terminate()
-        server.wait(10)
-    print(f"{'noop':<10} accepted {rate:8.0f} msg/s   (aiosmtpd, does nothing)", flush=True)
-    return rate
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+    print(
+        f"{'noop':<10} accepted {rate:8.0f} msg/s   (aiosmtpd that does nothing, {count} "
+        f"processes, {cpu_ms:.2f} ms CPU per message)",
+        flush=True,
+    )
+    return {"accept_per_s": rate, "cpu_ms": cpu_ms}
 
 
 def run_postfix(sink: Sink, args: argparse.Namespace, dkim: bool = False) -> dict[str, float]:
@@ -271,6 +296,12 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="[node] ingress_processes of the gateway (default: one per core)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every phase this many times, alternating; ratios are the median",
+    )
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix", "nsd", "opendkim"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -280,25 +311,50 @@ def main() -> None:
         f"{os.cpu_count()} cores",
         flush=True,
     )
+    rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         sink = Sink(workdir, free_port(SINK_IP))
         try:
-            gateway = run_gateway(workdir, sink, args)
-            signing = run_gateway(workdir, sink, args, dkim=True) if args.dkim else None
-            postfix = run_postfix(sink, args)
-            postfix_signing = run_postfix(sink, args, dkim=True) if args.dkim else None
+            for n in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"-- round {n + 1} of {args.rounds}", flush=True)
+                phases = {"gateway": run_gateway(workdir / f"r{n}", sink, args)}
+                if args.dkim:
+                    phases["gw+dkim"] = run_gateway(workdir / f"r{n}", sink, args, dkim=True)
+                phases["postfix"] = run_postfix(sink, args)
+                if args.dkim:
+                    phases["pf+dkim"] = run_postfix(sink, args, dkim=True)
+                rounds.append(phases)
             noop = run_noop(args)
         finally:
             sink.stop()
-    print(f"ratio gateway/aiosmtpd no-op, accept: {gateway['accept_per_s'] / noop:.2f}")
+    report(rounds, noop)
+
+
+def report(rounds: list[dict[str, dict[str, float]]], noop: dict[str, float]) -> None:
+    """The ratios; over several rounds, the median of each round's ratio (the
+    peers of one round ran minutes apart, so they shared the machine's mood)."""
+
+    def ratio(ours: str, peer: str, key: str) -> float:
+        return statistics.median(r[ours][key] / r[peer][key] for r in rounds)
+
+    what = "" if len(rounds) == 1 else f", median of {len(rounds)} rounds"
+    floor = noop["cpu_ms"]
+    gateway_cpu = statistics.median(r["gateway"]["cpu_ms"] for r in rounds)
+    postfix_cpu = statistics.median(r["postfix"]["cpu_ms"] for r in rounds)
+    accept = statistics.median(r["gateway"]["accept_per_s"] for r in rounds)
+    print(f"ratio gateway/aiosmtpd no-op, accept: {accept / noop['accept_per_s']:.2f}")
+    # What each MTA costs beyond SMTP sessions that do nothing (load generator included).
+    print(
+        f"CPU per message above the no-op's{what}: gateway {gateway_cpu - floor:.2f} ms, "
+        f"postfix {postfix_cpu - floor:.2f} ms"
+    )
     for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
-        print(f"ratio gateway/postfix, {label}: {gateway[key] / postfix[key]:.2f}")
-        if signing and postfix_signing:
-            print(
-                f"ratio gateway+dkim/postfix+opendkim, {label}: "
-                f"{signing[key] / postfix_signing[key]:.2f}"
-            )
+        print(f"ratio gateway/postfix, {label}{what}: {ratio('gateway', 'postfix', key):.2f}")
+        if "gw+dkim" in rounds[0]:
+            signing = ratio("gw+dkim", "pf+dkim", key)
+            print(f"ratio gateway+dkim/postfix+opendkim, {label}{what}: {signing:.2f}")
 
 
 POSTFIX_MAIN_CF = """\
