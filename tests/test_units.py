@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from gateway.config import RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.scheduler import RetryScheduler
 from gateway.smtp_server import GatewaySMTP
-from gateway.spool import Envelope, Spool
+from gateway.spool import Envelope, Spool, SpoolError
 from tests.helpers import dsn_fields
 
 
@@ -104,6 +105,58 @@ def test_spool_finishes_a_turns_messages_together_and_keeps_errors_apart(
     assert [e is not None for e in errors] == [False, False, False, True, False]
     assert isinstance(errors[3], OSError)
     assert [p.name for p in (tmp_path / "queue").iterdir()] == [trips[0][3]]
+
+
+def test_spool_group_commit_stores_waiting_messages_together_and_refuses_only_the_failed(
+    tmp_path: Path,
+) -> None:
+    def body(n: int) -> bytes:
+        return f"Subject: {n}\r\n\r\nhi\r\n".encode()
+
+    async def scenario(spool: Spool) -> tuple[list[BaseException | None], list[int], list[str]]:
+        trips: list[int] = []
+        first_trip_may_end = threading.Event()
+        first_trip_began = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        store_batch = spool._store_batch
+
+        def counted(batch: list[tuple[Envelope, bytes]]) -> list[SpoolError | None]:
+            trips.append(len(batch))
+            loop.call_soon_threadsafe(first_trip_began.set)
+            first_trip_may_end.wait(5)
+            return store_batch(batch)
+
+        spool._store_batch = counted  # type: ignore[method-assign]
+        envs = [Envelope(spool.new_qid(), "s@a.test", ["r@b.test"], time.time()) for _ in range(9)]
+        (spool.tmp / envs[4].qid).write_bytes(b"debris")  # this one's file cannot be created
+        first = asyncio.ensure_future(spool.store(envs[0], body(0)))
+        await asyncio.wait_for(first_trip_began.wait(), 5)  # the first is on its way to disk
+        rest = [asyncio.ensure_future(spool.store(e, body(n))) for n, e in enumerate(envs) if n]
+        await asyncio.sleep(0.05)
+        first_trip_may_end.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        errors = [r if isinstance(r, BaseException) else None for r in results]
+        return errors, trips, [e.qid for e in envs]
+
+    spool = Spool(tmp_path)
+    errors, trips, qids = asyncio.run(scenario(spool))
+    # The eight that arrived while the first was being written went together.
+    assert trips == [1, 8]
+    assert [e is not None for e in errors] == [i == 4 for i in range(9)]
+    assert isinstance(errors[4], SpoolError)
+    stored = {p.name for p in spool.queue.iterdir()}
+    assert stored == {q for i, q in enumerate(qids) if i != 4}
+    assert (spool.queue / qids[8]).read_bytes().endswith(body(8))
+
+    # A directory fsync that fails refuses the whole batch, and keeps none of it.
+    def broken_sync() -> None:
+        raise OSError(5, "Input/output error")
+
+    spool._dirsync.sync = broken_sync  # type: ignore[method-assign]
+    errors, trips, qids = asyncio.run(scenario(spool))
+    assert all(isinstance(e, SpoolError) for e in errors)
+    assert not {p.name for p in spool.queue.iterdir()} & set(qids)
+    spool.close()
 
 
 def test_backoff_grows_and_is_capped() -> None:
