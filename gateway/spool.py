@@ -28,16 +28,17 @@ import errno
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from gateway import _core
 from gateway.log import event
 
 MAGIC = b"DGSPOOL1 "
+T = TypeVar("T")
 Status = Literal["pending", "delivered", "bounced", "expired"]
 FINAL: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
 SYNC_READ_BYTES = 256 * 1024
@@ -143,6 +144,50 @@ class _GroupSync:
         os.close(self._fd)
 
 
+class _Batches(Generic[T]):
+    """Items handed to `work` on an I/O thread in batches: while one batch is
+    on its way, the items that arrive wait and go together in the next. Each
+    trip wakes a thread and then the event loop, which costs more than the
+    file operations of a small message; under load a batch costs what one
+    item did. `work` returns an error or None per item."""
+
+    def __init__(
+        self, pool: ThreadPoolExecutor, work: Callable[[list[T]], list[Exception | None]]
+    ) -> None:
+        self._pool = pool
+        self._work = work
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._drainer: asyncio.Future[None] | None = None
+
+    async def run(self, item: T) -> None:
+        """Returns once `item` is done; raises its error. A cancelled caller's
+        item is still done."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                items = [item for item, _ in batch]
+                errors: list[Exception | None]
+                try:
+                    errors = await loop.run_in_executor(self._pool, self._work, items)
+                except Exception as exc:  # the I/O threads are gone (shutting down)
+                    errors = [exc] * len(batch)
+                for (_, done), error in zip(batch, errors, strict=True):
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
+        finally:
+            self._drainer = None
+
+
 def _spool_error(envelope: Envelope, exc: OSError) -> SpoolError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return SpoolError(f"cannot store {envelope.qid}: {exc.strerror or exc}", full)
@@ -164,11 +209,8 @@ class Spool:
         self.queue.mkdir(parents=True, exist_ok=True)
         self._dirsync = _GroupSync(self.queue)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="spool")
-        # Messages waiting for the next group commit, and the task writing them.
-        self._to_store: list[tuple[Envelope, bytes, asyncio.Future[None]]] = []
-        self._committer: asyncio.Future[None] | None = None
-        # The batch of finish() calls waiting for their trip to an I/O thread.
-        self._finishing: tuple[list[str], asyncio.Future[dict[str, OSError]]] | None = None
+        self._stores = _Batches(self._pool, self._store_batch)  # group commit
+        self._finishes = _Batches(self._pool, self._finish)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -182,42 +224,23 @@ class Spool:
     async def store(self, envelope: Envelope, data: bytes) -> None:
         """Durably store a new message; returns only once it survives a crash.
 
-        Small messages are written by group commit: while one batch is on its
-        way to disk, those that arrive wait and go together in the next, by
-        one trip to an I/O thread and one directory fsync (each trip wakes a
-        thread and then the loop; under load a batch costs what one message
-        did). A large one is written on its own, so it holds up nobody."""
-        loop = asyncio.get_running_loop()
+        Small messages go by group commit (`_Batches`): a batch is written,
+        renamed into the queue and covered by one directory fsync. A large
+        one is written on its own, so it holds up nobody."""
         if len(data) > BATCH_BYTES:
-            await loop.run_in_executor(self._pool, self._store, envelope, data)
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._store, envelope, data
+            )
             return
-        stored: asyncio.Future[None] = loop.create_future()
-        self._to_store.append((envelope, data, stored))
-        if self._committer is None:
-            self._committer = asyncio.ensure_future(self._commit())
-        await asyncio.shield(stored)  # a cancelled session's message is still written
-
-    async def _commit(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            while self._to_store:
-                batch, self._to_store = self._to_store, []
-                try:
-                    errors = await loop.run_in_executor(
-                        self._pool, self._store_batch, [(env, data) for env, data, _ in batch]
-                    )
-                except Exception as exc:  # the I/O threads are gone (shutting down)
-                    errors = [SpoolError(f"cannot store {env.qid}: {exc}") for env, _, _ in batch]
-                for (_, _, stored), error in zip(batch, errors, strict=True):
-                    if error is None:
-                        stored.set_result(None)
-                    else:
-                        stored.set_exception(error)
-        finally:
-            self._committer = None
+            await self._stores.run((envelope, data))
+        except SpoolError:
+            raise
+        except Exception as exc:
+            raise SpoolError(f"cannot store {envelope.qid}: {exc}") from exc
 
-    def _store_batch(self, batch: list[tuple[Envelope, bytes]]) -> list[SpoolError | None]:
-        errors: list[SpoolError | None] = []
+    def _store_batch(self, batch: list[tuple[Envelope, bytes]]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
         for envelope, data in batch:
             try:
                 self._write(envelope, data)
@@ -289,36 +312,22 @@ class Spool:
     async def finish(self, qid: str) -> None:
         """A message whose every recipient is final: remove it, durably (the
         directory fsync, shared with other writers, is its record; cheaper
-        than appending a journal line and then removing).
+        than appending a journal line and then removing). In batches, as
+        messages are stored."""
+        await self._finishes.run(qid)
 
-        Messages finished in the same turn of the event loop are removed by
-        one trip to an I/O thread and covered by one directory fsync."""
-        if self._finishing is None:
-            batch: list[str] = []
-            # The task's first step runs on the loop's next turn, after every
-            # finish() of this turn has joined the batch.
-            self._finishing = (batch, asyncio.ensure_future(self._finish_batch(batch)))
-        qids, removing = self._finishing
-        qids.append(qid)
-        errors = await asyncio.shield(removing)
-        if qid in errors:
-            raise errors[qid]
-
-    async def _finish_batch(self, qids: list[str]) -> dict[str, OSError]:
-        self._finishing = None
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._finish, qids)
-
-    def _finish(self, qids: list[str]) -> dict[str, OSError]:
-        errors: dict[str, OSError] = {}
+    def _finish(self, qids: list[str]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
         for qid in qids:
             try:
                 self._remove(qid)
+                errors.append(None)
             except OSError as exc:
-                errors[qid] = exc
+                errors.append(exc)
         try:
             self._dirsync.sync()
         except OSError as exc:
-            errors.update(dict.fromkeys(qids, exc))
+            errors = [exc] * len(qids)
         return errors
 
     async def remove(self, qid: str) -> None:

@@ -71,7 +71,7 @@ def test_spool_recovery_replays_journal_and_skips_torn_line(tmp_path: Path) -> N
     assert not list((tmp_path / "tmp").iterdir())
 
 
-def test_spool_finishes_a_turns_messages_together_and_keeps_errors_apart(
+def test_spool_finishes_waiting_messages_together_and_keeps_errors_apart(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> tuple[list[BaseException | None], list[list[str]], bytes]:
@@ -87,13 +87,12 @@ def test_spool_finishes_a_turns_messages_together_and_keeps_errors_apart(
         (spool.queue / qids[3]).mkdir()
         (spool.queue / qids[3] / "x").touch()
         trips: list[list[str]] = []
-        finish = spool._finish
 
-        def counted(batch: list[str]) -> dict[str, OSError]:
+        def counted(batch: list[str]) -> list[Exception | None]:
             trips.append(list(batch))
-            return finish(batch)
+            return spool._finish(batch)
 
-        spool._finish = counted  # type: ignore[method-assign,assignment]
+        spool._finishes._work = counted
         results = await asyncio.gather(*(spool.finish(q) for q in qids), return_exceptions=True)
         spool.close()
         return [r if isinstance(r, BaseException) else None for r in results], trips, body
@@ -118,15 +117,14 @@ def test_spool_group_commit_stores_waiting_messages_together_and_refuses_only_th
         first_trip_may_end = threading.Event()
         first_trip_began = asyncio.Event()
         loop = asyncio.get_running_loop()
-        store_batch = spool._store_batch
 
-        def counted(batch: list[tuple[Envelope, bytes]]) -> list[SpoolError | None]:
+        def counted(batch: list[tuple[Envelope, bytes]]) -> list[Exception | None]:
             trips.append(len(batch))
             loop.call_soon_threadsafe(first_trip_began.set)
             first_trip_may_end.wait(5)
-            return store_batch(batch)
+            return spool._store_batch(batch)
 
-        spool._store_batch = counted  # type: ignore[method-assign]
+        spool._stores._work = counted
         envs = [Envelope(spool.new_qid(), "s@a.test", ["r@b.test"], time.time()) for _ in range(9)]
         (spool.tmp / envs[4].qid).write_bytes(b"debris")  # this one's file cannot be created
         first = asyncio.ensure_future(spool.store(envs[0], body(0)))
