@@ -219,6 +219,9 @@ class DeliveryConfig(_Section):
     # checked against where a policy demands it; absent: the system's.
     ca_file: Path | None = None
     shaping_files: list[Path] = []
+    # With the Redis store: a source's limits toward a site (`message_rate`,
+    # `max_connections`) are held with every node sending from the same address.
+    share_lane_limits: bool = True
     timeouts: DeliveryTimeouts = DeliveryTimeouts()
 
 

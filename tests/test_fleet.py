@@ -1,6 +1,7 @@
 """Two gateway nodes sharing a real Redis: one suppression list for both,
 fail-closed checks while Redis is gone, and its state after a restart; one
-site rate and connection limit, one warm-up cap, one complaint window."""
+site rate and connection limit, one per-source rate and connection limit
+for nodes sending from one address, one warm-up cap, one complaint window."""
 
 from __future__ import annotations
 
@@ -142,16 +143,19 @@ def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
         redis.kill()
         send_through((a,), 10, "good.test")  # Redis gone: a's own limiter
         mx.wait_for(70, timeout=30)
-        assert a.wait_event("site_limits_local")["error"]
+        assert a.wait_event("fleet_limits_local")["error"]
 
 
-def test_two_nodes_share_a_site_connection_limit(
-    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+@pytest.mark.parametrize("limit", ["site_max_connections", "max_connections"])
+def test_two_nodes_share_a_connection_limit(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer, limit: str
 ) -> None:
-    """site_max_connections 2 across the fleet: a slow MX never sees more than
-    two connections from both nodes together (each alone would open several)."""
-    rule = '[domain."slowconn.test"]\nsite_max_connections = 2\n'
-    config = shaped_fleet(base_config, redis, tmp_path / "connections.toml", rule)
+    """A slow MX never sees more than two connections from both nodes
+    together (each alone would open two or more): site_max_connections 2
+    across the fleet, or max_connections 2 per source and site for nodes
+    sending from one address."""
+    rule = f'[domain."slowconn.test"]\n{limit} = 2\n'
+    config = shaped_fleet(base_config, redis, tmp_path / f"{limit}.toml", rule)
     with two_nodes(tmp_path, config, Receiver(MX["slowconn"], mx_port, data_delay=0.3)) as (
         slow,
         a,
@@ -161,6 +165,33 @@ def test_two_nodes_share_a_site_connection_limit(
         slow.wait_for(24, timeout=60)
         assert slow.most_open_connections == 2
         assert a.events("delivered")  # both nodes took part
+        assert b.events("delivered")
+
+
+def delivery_seconds(mx: Receiver, count: int) -> float:
+    times = sorted(m.at for m in mx.wait_for(count, timeout=30))
+    return times[-1] - times[0]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_nodes_sending_from_one_address_share_its_message_rate(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer, shared: bool
+) -> None:
+    """A source's message_rate toward a site is what the receiver sees from
+    one IP: two nodes on one host sending from it stay under it together
+    (60 messages at 10/s: about 5 s). With share_lane_limits off each node
+    holds it alone and they finish in about half the time."""
+    rule = '[domain."good.test"]\nmessage_rate = "10/s"\n'
+    config = shaped_fleet(base_config, redis, tmp_path / f"lane{shared}.toml", rule)
+    config["delivery"]["share_lane_limits"] = shared
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        send_through((a, b), 30, "good.test")
+        took = delivery_seconds(mx, 60)
+        if shared:
+            assert took >= 4.5  # the burst of 10, then 10 a second
+        else:
+            assert took < 3.5  # each node at 10/s: 2 s after its burst
+        assert a.events("delivered")
         assert b.events("delivered")
 
 

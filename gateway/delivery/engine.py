@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 import time
 import uuid
 from collections import defaultdict, deque
@@ -26,10 +27,10 @@ from gateway.config import Config
 from gateway.delivery.automation import ReplyAutomation, ReplyContext
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import Source, SourcePicker
+from gateway.delivery.fleet_limits import FleetLimits
 from gateway.delivery.holds import Hold, Holds, Scope
 from gateway.delivery.mta_sts import STS_SITE, MtaSts
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
-from gateway.delivery.site_limits import SiteLimits
 from gateway.delivery.smtp_client import (
     SendResult,
     SmtpConnection,
@@ -108,9 +109,11 @@ class DeliveryEngine:
         self._verified_tls = verifying_context(config.delivery.ca_file)
         self._node_id = uuid.uuid4().hex[:12]  # names this node's connection leases
         shared = config.store.backend == "redis"
-        self.site_limits = SiteLimits(
+        self.fleet_limits = FleetLimits(
             config.store.redis_url if shared else None, config.store.redis_prefix
         )
+        self._share_lanes = shared and config.delivery.share_lane_limits
+        self._machine = socket.gethostname()
         self._spool = spool
         self._resolver = resolver
         self.sources = SourcePicker(config.egress, config.helo_name)
@@ -649,7 +652,7 @@ class DeliveryEngine:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        await self.site_limits.close()
+        await self.fleet_limits.close()
 
     # -- one connection --------------------------------------------------------
 
@@ -661,7 +664,9 @@ class DeliveryEngine:
         except Exception:
             event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
-            await self.site_limits.release(site, lease)
+            await self.fleet_limits.release(f"site:{site}", lease)
+            if self._share_lanes:
+                await self.fleet_limits.release(self._lane_key(source, site), lease)
             self._active[lane] -= 1
             if not self._active[lane]:
                 del self._active[lane]
@@ -683,11 +688,10 @@ class DeliveryEngine:
 
     async def _session_inner(self, site: str, pool: str, source: Source, lease: str) -> None:
         rules = self._rules[site]
-        if rules.site_max_connections and not await self.site_limits.lease(
-            site, rules.site_max_connections, lease, time.time()
-        ):
-            # The fleet holds all of the site's connections: try again shortly.
-            self._wait((source.name, site), time.time() + 1.0, "site connections (fleet)")
+        why = await self._fleet_connection(site, source, rules, lease, time.time(), opening=True)
+        if why:
+            # The fleet holds all of the site's or lane's connections: try again shortly.
+            self._wait((source.name, site), time.time() + 1.0, why)
             return
         conn, host, error, status = await self._connect(site, source, rules)
         if conn is None or host is None:
@@ -710,6 +714,8 @@ class DeliveryEngine:
                 if self.holds.find(now, site=site, provider=provider_of(rules), source=source.name):
                     break  # suspended while this connection was open
                 wait, why = self._send_wait(lane, rules, now)
+                if not wait:
+                    wait, why = await self._fleet_rate(site, source, rules, now)
                 if wait > RATE_WAIT_IN_SESSION:
                     # A long wait: free the connection, come back when the lane allows.
                     self._wait(lane, now + wait, why)
@@ -717,16 +723,7 @@ class DeliveryEngine:
                 if wait:
                     await asyncio.sleep(wait)
                     continue
-                if rules.site_message_rate:
-                    wait = await self.site_limits.reserve(site, rules.site_message_rate, now)
-                    if wait > RATE_WAIT_IN_SESSION:
-                        self._wait(lane, now + wait, "site message rate")
-                        break
-                    if wait:
-                        await asyncio.sleep(wait)
-                        continue
-                if rules.site_max_connections:  # renews the lease now and then
-                    await self.site_limits.lease(site, rules.site_max_connections, lease, now)
+                await self._fleet_connection(site, source, rules, lease, now, opening=False)
                 job = queue.popleft()
                 hold = self._label_hold(site, job, now)
                 if hold:
@@ -740,6 +737,54 @@ class DeliveryEngine:
                 sent += 1
         finally:
             await conn.quit()
+
+    def _lane_key(self, source: Source, site: str) -> str:
+        """A lane's name in the fleet: its address, which nodes sending from it
+        share (without one, the OS picks the machine's, so its host name)."""
+        return f"lane:{source.address or self._machine + '/' + source.name}:{site}"
+
+    async def _fleet_rate(
+        self, site: str, source: Source, rules: Resolved, now: float
+    ) -> tuple[float, str]:
+        """Take one message of the site's and the lane's rates held with other
+        nodes: seconds to wait first (nothing taken), and which rate holds it."""
+        if rules.site_message_rate:
+            key = f"site:{site}"
+            wait = await self.fleet_limits.reserve(key, rules.site_message_rate, now)
+            if wait:
+                return wait, "site message rate"
+        if self._share_lanes and rules.message_rate:
+            lane = (source.name, site)
+            factor = self._automation.lane_rate_factor(self._lane_context(lane), now)
+            key = self._lane_key(source, site)
+            wait = await self.fleet_limits.reserve(
+                key, rules.message_rate, now, factor, local=False
+            )
+            if wait:
+                return wait, f"message rate {rules.message_rate} (fleet)"
+        return 0.0, ""
+
+    async def _fleet_connection(
+        self, site: str, source: Source, rules: Resolved, lease: str, now: float, opening: bool
+    ) -> str:
+        """Take or renew this session's leases on the site's and the lane's
+        connections held with other nodes, and when `opening`, one of the lane's
+        connection rate: "" when held, else which limit is full."""
+        if rules.site_max_connections and not await self.fleet_limits.lease(
+            f"site:{site}", rules.site_max_connections, lease, now
+        ):
+            return "site connections (fleet)"
+        if not self._share_lanes:
+            return ""
+        limit = self._connection_limit((source.name, site), rules, now)
+        key = self._lane_key(source, site)
+        if not await self.fleet_limits.lease(key, limit, lease, now):
+            return "connections (fleet)"
+        if opening and await self.fleet_limits.reserve(
+            f"{key}:connect", rules.connection_rate, now, local=False
+        ):
+            return f"connection rate {rules.connection_rate} (fleet)"
+        return ""
 
     async def _more_mail(self, site: str, pool: str) -> bool:
         """Keep an idle connection open a moment for more mail to its site (as

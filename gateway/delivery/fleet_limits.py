@@ -1,17 +1,19 @@
-"""A site's totals across every source of a node and, with Redis, across
-every node of a fleet: its message rate (shaping `site_message_rate`) and its
-open connections (`site_max_connections`).
+"""Limits a fleet holds together through Redis: message rates (GCRA) and
+open connections (leases).
 
-Per-source limits (`message_rate`, `max_connections`) protect each IP's
-reputation; a provider also counts what a whole sender sends it, and a fleet
-of gateways must stay under that together. The rate is GCRA (the algorithm
-of the Rust RateLimiter) and the connections are leases that expire unless
-renewed (so a node that dies frees its share); each is one Lua script, so
-checking and taking are one atomic step in Redis, on Redis's own clock.
+Two kinds of key use them. A site's totals across every source and node
+(shaping `site_message_rate`, `site_max_connections`): a provider counts what
+a whole sender sends it. And a lane's limits (`message_rate`,
+`max_connections` per source and site) when several nodes send from one
+address, as nodes on one host do: the provider sees one IP. The rate is GCRA
+(the algorithm of the Rust RateLimiter) and the connections are leases that
+expire unless renewed (so a node that dies frees its share); each is one Lua
+script, so checking and taking are one atomic step in Redis, on Redis's own
+clock.
 
 Without Redis, or while it is unreachable, each node holds the limits alone:
 a fleet may then exceed them up to N times for that while, which is logged
-(`site_limits_local`), never a stop of delivery.
+(`fleet_limits_local`), never a stop of delivery.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ RENEW_SECONDS = 60.0
 ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class SiteLimits:
+class FleetLimits:
     def __init__(self, redis_url: str | None = None, prefix: str = "gateway") -> None:
         self._local: dict[str, RateLimiter] = {}
         self._prefix = prefix
@@ -73,65 +75,78 @@ class SiteLimits:
             )
             self._script = self._redis.register_script(GCRA)
             self._lease = self._redis.register_script(LEASE)
-        self._renewed: dict[str, float] = {}  # lease id -> when last renewed
+        self._renewed: dict[tuple[str, str], float] = {}  # (key, lease id) -> last renewed
         self._shared = True  # logged once per change
 
-    async def reserve(self, site: str, rate: str, now: float) -> float:
-        """Take one message of `site`'s rate: 0.0, or the seconds to wait first."""
+    @property
+    def shared(self) -> bool:
+        """Whether limits are held with other nodes (Redis configured)."""
+        return self._redis is not None
+
+    async def reserve(
+        self, key: str, rate: str, now: float, factor: float = 1.0, local: bool = True
+    ) -> float:
+        """Take one message of `key`'s `rate` (times `factor`, which automation
+        lowers): 0.0, or the seconds to wait first. Without Redis: a limiter of
+        this node's, or with `local=False` none (the caller holds its own)."""
         if self._redis is not None:
             count, period = parse_rate(rate)
-            interval = period / count * 1e6
+            allowed = max(count * factor, 1.0)  # automation's factor lowers the count
+            interval = period / allowed * 1e6
             try:
                 wait = await self._script(
-                    keys=[f"{self._prefix}:rate:{site}"], args=[interval, interval * (count - 1)]
+                    keys=[f"{self._prefix}:rate:{key}"], args=[interval, interval * (allowed - 1)]
                 )
             except ERRORS as exc:
                 self._fall_back(str(exc))
             else:
                 self._back()
                 return float(wait) / 1e6
-        limiter = self._local.get(site)
+        if not local:
+            return 0.0
+        limiter = self._local.get(key)
         if limiter is None:
-            limiter = self._local[site] = RateLimiter(rate)
+            limiter = self._local[key] = RateLimiter(rate)
+        limiter.set_factor(factor)
         return limiter.try_take(now)
 
-    async def lease(self, site: str, limit: int, lease_id: str, now: float) -> bool:
-        """Hold one of the site's `limit` connections across the fleet (taken,
+    async def lease(self, key: str, limit: int, lease_id: str, now: float) -> bool:
+        """Hold one of `key`'s `limit` connections across the fleet (taken,
         or renewed when already held); False when all are taken. Without
         Redis: True (the node's own count is the limit)."""
         if self._redis is None:
             return True
-        if now - self._renewed.get(lease_id, 0.0) < RENEW_SECONDS:
+        if now - self._renewed.get((key, lease_id), 0.0) < RENEW_SECONDS:
             return True
         try:
             held = await self._lease(
-                keys=[f"{self._prefix}:conns:{site}"], args=[limit, lease_id, LEASE_SECONDS * 1e6]
+                keys=[f"{self._prefix}:conns:{key}"], args=[limit, lease_id, LEASE_SECONDS * 1e6]
             )
         except ERRORS as exc:
             self._fall_back(str(exc))
             return True
         self._back()
         if held:
-            self._renewed[lease_id] = now
+            self._renewed[(key, lease_id)] = now
         return bool(held)
 
-    async def release(self, site: str, lease_id: str) -> None:
-        if self._redis is None or self._renewed.pop(lease_id, None) is None:
+    async def release(self, key: str, lease_id: str) -> None:
+        if self._redis is None or self._renewed.pop((key, lease_id), None) is None:
             return
         try:
-            await self._redis.zrem(f"{self._prefix}:conns:{site}", lease_id)
+            await self._redis.zrem(f"{self._prefix}:conns:{key}", lease_id)
         except ERRORS as exc:
             self._fall_back(str(exc))  # it expires by itself
 
     def _back(self) -> None:
         if not self._shared:
             self._shared = True
-            event("site_limits_shared")
+            event("fleet_limits_shared")
 
     def _fall_back(self, error: str) -> None:
         if self._shared:
             self._shared = False
-            event("site_limits_local", logging.WARNING, error=error)
+            event("fleet_limits_local", logging.WARNING, error=error)
 
     async def close(self) -> None:
         if self._redis is not None:
