@@ -747,7 +747,8 @@ class DeliveryEngine:
         self, site: str, source: Source, rules: Resolved, now: float
     ) -> tuple[float, str]:
         """Take one message of the site's and the lane's rates held with other
-        nodes: seconds to wait first (nothing taken), and which rate holds it."""
+        nodes: seconds to wait first, and which rate holds it. A site's message
+        taken when the lane then says wait is spent: the site's rate errs low."""
         if rules.site_message_rate:
             key = f"site:{site}"
             wait = await self.fleet_limits.reserve(key, rules.site_message_rate, now)
