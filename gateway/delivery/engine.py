@@ -87,6 +87,8 @@ def classify(indices: list[int], result: SendResult, remote: str) -> list[Outcom
 # A session waits this long at most for its lane's rate to allow the next
 # message while holding its connection; longer waits end the session.
 RATE_WAIT_IN_SESSION = 2.0
+# When the fleet holds all of a site's or lane's connections, try again after this.
+LEASE_RETRY_SECONDS = 1.0
 
 Lane = tuple[str, str]  # (egress source, site): what rates and connection limits apply to
 RATE_LOWERED = "rate lowered by automation"
@@ -688,10 +690,12 @@ class DeliveryEngine:
 
     async def _session_inner(self, site: str, pool: str, source: Source, lease: str) -> None:
         rules = self._rules[site]
-        why = await self._fleet_connection(site, source, rules, lease, time.time(), opening=True)
+        now = time.time()
+        wait, why = await self._fleet_connection(site, source, rules, lease, now, opening=True)
         if why:
-            # The fleet holds all of the site's or lane's connections: try again shortly.
-            self._wait((source.name, site), time.time() + 1.0, why)
+            # The fleet holds all of the site's or lane's connections, or its
+            # connection rate is spent: try again then.
+            self._wait((source.name, site), now + wait, why)
             return
         conn, host, error, status = await self._connect(site, source, rules)
         if conn is None or host is None:
@@ -767,25 +771,28 @@ class DeliveryEngine:
 
     async def _fleet_connection(
         self, site: str, source: Source, rules: Resolved, lease: str, now: float, opening: bool
-    ) -> str:
+    ) -> tuple[float, str]:
         """Take or renew this session's leases on the site's and the lane's
         connections held with other nodes, and when `opening`, one of the lane's
-        connection rate: "" when held, else which limit is full."""
+        connection rate: (0, "") when held, else when to try again (seconds
+        from now) and which limit is full."""
         if rules.site_max_connections and not await self.fleet_limits.lease(
             f"site:{site}", rules.site_max_connections, lease, now
         ):
-            return "site connections (fleet)"
+            return LEASE_RETRY_SECONDS, "site connections (fleet)"
         if not self._share_lanes:
-            return ""
+            return 0.0, ""
         limit = self._connection_limit((source.name, site), rules, now)
         key = self._lane_key(source, site)
         if not await self.fleet_limits.lease(key, limit, lease, now):
-            return "connections (fleet)"
-        if opening and await self.fleet_limits.reserve(
-            f"{key}:connect", rules.connection_rate, now, local=False
-        ):
-            return f"connection rate {rules.connection_rate} (fleet)"
-        return ""
+            return LEASE_RETRY_SECONDS, "connections (fleet)"
+        if opening:
+            wait = await self.fleet_limits.reserve(
+                f"{key}:connect", rules.connection_rate, now, local=False
+            )
+            if wait:
+                return wait, f"connection rate {rules.connection_rate} (fleet)"
+        return 0.0, ""
 
     async def _more_mail(self, site: str, pool: str) -> bool:
         """Keep an idle connection open a moment for more mail to its site (as
