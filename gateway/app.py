@@ -129,7 +129,7 @@ class Gateway:
         open_accounting(self.config.accounting, self.config.node.data_dir)
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
         self._collector = StateCollector(
-            self.engine, lambda: len(GatewaySMTP.sessions) + self.bridge.inbound
+            self.engine, lambda: len(GatewaySMTP.sessions) + self.bridge.inbound, self.store
         )
         REGISTRY.register(self._collector)
         self.admin.add("GET", "/metrics", self._metrics)

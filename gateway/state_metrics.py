@@ -13,12 +13,16 @@ from prometheus_client.registry import Collector
 
 from gateway.delivery.engine import DeliveryEngine
 from gateway.metrics import bounded
+from gateway.store import PolicyStore
 
 
 class StateCollector(Collector):
-    def __init__(self, engine: DeliveryEngine, inbound: Callable[[], int]) -> None:
+    def __init__(
+        self, engine: DeliveryEngine, inbound: Callable[[], int], store: PolicyStore
+    ) -> None:
         self._engine = engine
         self._inbound = inbound
+        self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         engine = self._engine
@@ -64,3 +68,17 @@ class StateCollector(Collector):
         for kind, count in kinds.items():
             holds.add_metric([kind], count)
         yield holds
+        yield GaugeMetricFamily(
+            "gateway_policy_store_up",
+            "1 while the policy store answers; 0 while Redis is unreachable and checks "
+            "that read it fail closed (451 4.3.0).",
+            value=int(self._store.healthy),
+        )
+        shared = engine.fleet_limits.state
+        if shared is not None:
+            yield GaugeMetricFamily(
+                "gateway_fleet_limits_shared",
+                "1 while site and lane limits are held with the fleet through Redis; 0 while "
+                "this node holds them alone (Redis failed at their last use).",
+                value=shared,
+            )

@@ -175,6 +175,11 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 [quantile(0.95, "gateway_message_prepare_seconds")],
             ),
             ("Resident memory", "bytes", ["process_resident_memory_bytes"]),
+            (
+                "Policy store up, fleet limits shared (1 = yes)",
+                "short",
+                ["gateway_policy_store_up", "gateway_fleet_limits_shared"],
+            ),
         ],
     ),
 }

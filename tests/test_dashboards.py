@@ -28,6 +28,7 @@ CANNOT_PRODUCE = {
     "sum by (plugin, hook, kind) (rate(gateway_plugin_errors_total[1m]))": (
         "needs a plugin that raises or times out; tests/test_plugins.py covers those"
     ),
+    "gateway_fleet_limits_shared": "needs the Redis store; tests/test_fleet.py checks it",
 }
 
 

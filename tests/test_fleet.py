@@ -120,15 +120,29 @@ def send_through(nodes: tuple[GatewayProcess, ...], count: int, domain: str) -> 
             send_message(node.port, "app@sender.test", [f"r{n}@{domain}"], message)
 
 
+def fleet_gauges(node: GatewayProcess) -> tuple[float, float]:
+    """gateway_policy_store_up and gateway_fleet_limits_shared as /metrics has them."""
+    status, text = node.admin("GET", "/metrics")
+    assert status == 200
+    found = dict(
+        line.split()
+        for line in text.splitlines()
+        if line.startswith("gateway_")
+        and line.split()[0] in ("gateway_policy_store_up", "gateway_fleet_limits_shared")
+    )
+    return float(found["gateway_policy_store_up"]), float(found["gateway_fleet_limits_shared"])
+
+
 def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
     tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
 ) -> None:
     """site_message_rate 10/s: 60 messages through two nodes take about 5 s
     together (each alone at 10/s would finish in 2 s). With Redis gone each
-    node holds the rate alone and mail still flows."""
+    node holds the rate alone, mail still flows, and /metrics says so."""
     rule = '[domain."good.test"]\nsite_message_rate = "10/s"\n'
     config = shaped_fleet(base_config, redis, tmp_path / "rate.toml", rule)
     with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        assert fleet_gauges(a) == (1.0, 1.0)
         send_through((a, b), 30, "good.test")
         got = mx.wait_for(60, timeout=30)
         times = sorted(m.at for m in got)
@@ -144,6 +158,8 @@ def test_two_nodes_stay_under_one_site_rate_and_fall_back_to_local_limits(
         send_through((a,), 10, "good.test")  # Redis gone: a's own limiter
         mx.wait_for(70, timeout=30)
         assert a.wait_event("fleet_limits_local")["error"]
+        a.wait_event("store_unavailable")
+        assert fleet_gauges(a) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("limit", ["site_max_connections", "max_connections"])

@@ -79,9 +79,10 @@ class FleetLimits:
         self._shared = True  # logged once per change
 
     @property
-    def shared(self) -> bool:
-        """Whether limits are held with other nodes (Redis configured)."""
-        return self._redis is not None
+    def state(self) -> int | None:
+        """1 while the limits are held with the fleet, 0 while this node holds
+        them alone (Redis failed at the last use), None without Redis."""
+        return None if self._redis is None else int(self._shared)
 
     async def reserve(
         self, key: str, rate: str, now: float, factor: float = 1.0, local: bool = True

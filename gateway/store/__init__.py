@@ -64,6 +64,12 @@ class PolicyStore(ABC):
         `limit`, and say how much that was (0 when the limit is reached): how
         nodes share one budget, such as a warm-up day's cap."""
 
+    @property
+    def healthy(self) -> bool:
+        """False while a shared store cannot be reached and checks that read it
+        fail closed; an embedded store always is."""
+        return True
+
     async def delete(self, namespace: str, key: str) -> bool:
         """Remove a record; False if there was none."""
         return await self.delete_many(namespace, [key]) > 0
