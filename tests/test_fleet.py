@@ -5,6 +5,7 @@ for nodes sending from one address, one warm-up cap, one complaint window."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import redis as redis_client
 
+from gateway.delivery.fleet_limits import FleetLimits
 from gateway.testing import GatewayProcess, Receiver, RedisServer
 from gateway.testing.client import SendResult, send_message
 from tests import reports
@@ -332,3 +334,44 @@ def test_two_nodes_on_one_host_share_the_smtp_port_and_each_delivers_its_own(
             lambda r: r.qid is None,
         )
         assert refused.refused  # one list, whichever node answers
+
+
+def test_a_fast_rate_is_taken_from_redis_in_blocks(redis: RedisServer) -> None:
+    """Two nodes' FleetLimits spending one 200/s rate for a second: together
+    no more than the burst and the rate allow (plus the blocks in hand), and
+    with one Redis call per several messages rather than per message."""
+
+    async def spend() -> tuple[int, int, float]:
+        limits = [FleetLimits(redis.url, "blocks"), FleetLimits(redis.url, "blocks")]
+        calls = 0
+        for limit in limits:
+            script = limit._script
+
+            async def counted(*args: Any, _script: Any = script, **kwargs: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                return await _script(*args, **kwargs)
+
+            limit._script = counted
+        taken = 0
+        start = time.monotonic()
+
+        async def node(limit: FleetLimits) -> None:
+            nonlocal taken
+            while time.monotonic() - start < 1.0:
+                wait = await limit.reserve("lane:x:site", "200/s", time.time(), local=False)
+                if wait:
+                    await asyncio.sleep(wait)
+                else:
+                    taken += 1
+
+        await asyncio.gather(*(node(limit) for limit in limits))
+        elapsed = time.monotonic() - start
+        for limit in limits:
+            await limit.close()
+        return taken, calls, elapsed
+
+    taken, calls, elapsed = asyncio.run(spend())
+    # The burst (200) at once, then 200 a second; each node may hold a block of 10.
+    assert 200 + 150 * elapsed <= taken <= 200 + 200 * elapsed + 2 * 10
+    assert calls <= taken / 2  # one a message without blocks

@@ -27,9 +27,10 @@ import redis.asyncio
 from gateway._core import RateLimiter, parse_rate
 from gateway.log import event
 
-# KEYS[1]: the site's theoretical arrival time in microseconds.
-# ARGV[1]: emission interval (period / count), ARGV[2]: burst tolerance, both µs.
-# Returns 0 when one message was taken, else microseconds to wait.
+# KEYS[1]: the limit's theoretical arrival time in microseconds.
+# ARGV[1]: emission interval (period / count), ARGV[2]: burst tolerance, both µs;
+# ARGV[3]: how many messages the caller would like to take at most.
+# Returns {taken, 0} when at least one was taken, else {0, microseconds to wait}.
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -37,10 +38,12 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if now < tat - burst then return tat - burst - now end
-tat = tat + interval
+local room = math.floor((now + burst - tat) / interval) + 1
+if room < 1 then return {0, math.ceil(tat - burst - now)} end
+local take = math.min(room, tonumber(ARGV[3]))
+tat = tat + take * interval
 redis.call('SET', KEYS[1], tat, 'PX', math.floor((tat - now) / 1000) + 1000)
-return 0
+return {take, 0}
 """
 # KEYS[1]: the site's leases (sorted set, score = expiry in µs).
 # ARGV[1]: the limit, ARGV[2]: this lease's id, ARGV[3]: its lifetime in µs.
@@ -58,6 +61,16 @@ if redis.call('ZSCORE', KEYS[1], ARGV[2]) or
 end
 return 0
 """
+# A node takes a fast rate from Redis in blocks of what the rate allows in
+# BLOCK_SECONDS (at most BLOCK_MAX messages), so a busy lane makes one Redis
+# call per block rather than per message; what a node has not used after
+# HOLD_SECONDS is dropped (the fleet then errs low). A node that finds the
+# rate spent waits until a block is free, so a lane held at its rate still
+# goes in blocks. A rate slower than one message per BLOCK_SECONDS is taken
+# one message at a time, exactly.
+BLOCK_SECONDS = 0.05
+BLOCK_MAX = 20
+HOLD_SECONDS = 0.2
 LEASE_SECONDS = 300.0  # a lease not renewed for this long is free again
 RENEW_SECONDS = 60.0
 ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -76,6 +89,7 @@ class FleetLimits:
             self._script = self._redis.register_script(GCRA)
             self._lease = self._redis.register_script(LEASE)
         self._renewed: dict[tuple[str, str], float] = {}  # (key, lease id) -> last renewed
+        self._held: dict[str, tuple[int, float]] = {}  # key -> (messages in hand, until)
         self._shared = True  # logged once per change
 
     @property
@@ -91,18 +105,31 @@ class FleetLimits:
         lowers): 0.0, or the seconds to wait first. Without Redis: a limiter of
         this node's, or with `local=False` none (the caller holds its own)."""
         if self._redis is not None:
+            held, until = self._held.get(key, (0, 0.0))
+            if held and now < until:
+                self._held[key] = (held - 1, until)
+                return 0.0
             count, period = parse_rate(rate)
             allowed = max(count * factor, 1.0)  # automation's factor lowers the count
-            interval = period / allowed * 1e6
+            interval = period / allowed
+            block = max(1, min(BLOCK_MAX, int(allowed), int(BLOCK_SECONDS / interval)))
             try:
-                wait = await self._script(
-                    keys=[f"{self._prefix}:rate:{key}"], args=[interval, interval * (allowed - 1)]
+                taken, wait = await self._script(
+                    keys=[f"{self._prefix}:rate:{key}"],
+                    args=[interval * 1e6, interval * 1e6 * (allowed - 1), block],
                 )
             except ERRORS as exc:
                 self._fall_back(str(exc))
             else:
                 self._back()
-                return float(wait) / 1e6
+                if taken:
+                    # Other sessions' blocks taken meanwhile add up, not replace.
+                    held, until = self._held.get(key, (0, 0.0))
+                    held = held if now < until else 0
+                    self._held[key] = (held + int(taken) - 1, now + HOLD_SECONDS)
+                    return 0.0
+                # Come back when a whole block is free, not one message.
+                return float(wait) / 1e6 + (block - 1) * interval
         if not local:
             return 0.0
         limiter = self._local.get(key)
