@@ -5,7 +5,7 @@ through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
     .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20] [--dkim]
-        [--ingress-processes N] [--rounds N]
+        [--ingress-processes N] [--rounds N] [--redis]
 
 With --dkim the gateway runs a second time signing every message (RSA-2048,
 relaxed/relaxed), and so does Postfix with OpenDKIM as its milter.
@@ -19,7 +19,10 @@ accept and drop (as many processes as the gateway's workers) give the
 ingress ceiling and the CPU per message of the SMTP sessions alone, which
 the summary subtracts from each MTA's. This VM's speed drifts by ±15% over
 minutes: --rounds N runs every phase N times, alternating, and reports the
-median of the rounds' ratios.
+median of the rounds' ratios. With --redis the gateway also runs on the
+fleet's store (a local redis-server; suppression and consent, counters, and
+its source's limits shared as two nodes on one host would), to show what the
+shared store costs against the embedded one.
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -29,6 +32,7 @@ at the end; each phase is bounded by --timeout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -41,7 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.testing import DnsServer, GatewayProcess, free_port
+from gateway.testing import DnsServer, GatewayProcess, RedisServer, free_port
 from gateway.testing.dkim import write_key
 from gateway.testing.net import wait_for_port
 
@@ -134,7 +138,11 @@ def measure(name: str, port: int, sink: Sink, args: argparse.Namespace) -> dict[
 
 
 def run_gateway(
-    workdir: Path, sink: Sink, args: argparse.Namespace, dkim: bool = False
+    workdir: Path,
+    sink: Sink,
+    args: argparse.Namespace,
+    dkim: bool = False,
+    redis: RedisServer | None = None,
 ) -> dict[str, float]:
     zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
     workdir.mkdir(exist_ok=True)
@@ -155,7 +163,10 @@ def run_gateway(
             key = write_key(workdir / "source.bench.pem", "rsa2048")
             keys = [{"domain": "source.bench", "selector": "b1", "key_file": str(key)}]
             config["dkim"] = {"keys": keys}
-        name = "gw+dkim" if dkim else "gateway"
+        if redis is not None:
+            prefix = f"bench{time.monotonic_ns()}"
+            config["store"] = {"backend": "redis", "redis_url": redis.url, "redis_prefix": prefix}
+        name = "gw+dkim" if dkim else "gw+redis" if redis else "gateway"
         with GatewayProcess(workdir / name, config) as gw:
             gw_admin = gw.admin_port
             if args.ingress_processes:  # every worker listening before the load starts
@@ -302,8 +313,12 @@ def main() -> None:
         default=1,
         help="run every phase this many times, alternating; ratios are the median",
     )
+    parser.add_argument(
+        "--redis", action="store_true", help="also run the gateway on the Redis store"
+    )
     args = parser.parse_args()
-    for tool in ("smtp-source", "smtp-sink", "postfix", "nsd", "opendkim"):
+    tools = ["smtp-source", "smtp-sink", "postfix", "nsd", "opendkim"]
+    for tool in tools + (["redis-server"] if args.redis else []):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} is missing: run `make bench`, which installs it")
     print(
@@ -312,14 +327,17 @@ def main() -> None:
         flush=True,
     )
     rounds: list[dict[str, dict[str, float]]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        redis = stack.enter_context(RedisServer()) if args.redis else None
         sink = Sink(workdir, free_port(SINK_IP))
         try:
             for n in range(args.rounds):
                 if args.rounds > 1:
                     print(f"-- round {n + 1} of {args.rounds}", flush=True)
                 phases = {"gateway": run_gateway(workdir / f"r{n}", sink, args)}
+                if redis is not None:
+                    phases["gw+redis"] = run_gateway(workdir / f"r{n}", sink, args, redis=redis)
                 if args.dkim:
                     phases["gw+dkim"] = run_gateway(workdir / f"r{n}", sink, args, dkim=True)
                 phases["postfix"] = run_postfix(sink, args)
@@ -355,6 +373,9 @@ def report(rounds: list[dict[str, dict[str, float]]], noop: dict[str, float]) ->
         if "gw+dkim" in rounds[0]:
             signing = ratio("gw+dkim", "pf+dkim", key)
             print(f"ratio gateway+dkim/postfix+opendkim, {label}{what}: {signing:.2f}")
+    if "gw+redis" in rounds[0]:
+        shared = ratio("gw+redis", "gateway", "e2e_per_s")
+        print(f"ratio gateway on Redis/on SQLite, end to end{what}: {shared:.2f}")
 
 
 POSTFIX_MAIN_CF = """\
