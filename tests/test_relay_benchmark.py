@@ -1,0 +1,39 @@
+"""The relay benchmark's gateway phases, small: each one relays every message
+smtp-source sends through the gateway into smtp-sink (the sink's count is
+checked), on the embedded store and on Redis, and the summary reports them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from benchmarks import relay_throughput as bench
+from gateway.testing import RedisServer, free_port
+
+
+def test_gateway_phases_relay_every_message_and_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(messages=200, sessions=4, size=2048, timeout=60, ingress_processes=1)
+    sink = bench.Sink(tmp_path, free_port(bench.SINK_IP))
+    try:
+        with RedisServer() as redis:
+            embedded = bench.run_gateway(tmp_path / "r0", sink, args)
+            shared = bench.run_gateway(tmp_path / "r0", sink, args, redis=redis)
+        assert sink.count() == 400  # measure() waited for each phase's 200
+    finally:
+        sink.stop()
+    for phase in (embedded, shared):
+        assert phase["e2e_per_s"] > 0
+        assert 0 < phase["p50"] <= phase["p99"]
+    # The report's arithmetic, with the gateway standing in for Postfix.
+    bench.report(
+        [{"gateway": embedded, "gw+redis": shared, "postfix": embedded}],
+        {"accept_per_s": embedded["accept_per_s"], "cpu_ms": 0.0},
+    )
+    out = capsys.readouterr().out
+    assert "ratio gateway/postfix, end to end: 1.00" in out
+    ratio = shared["e2e_per_s"] / embedded["e2e_per_s"]
+    assert f"ratio gateway on Redis/on SQLite, end to end: {ratio:.2f}" in out
