@@ -15,14 +15,12 @@ token), and suspensions that last until an operator lifts them.
                                       injected like an SMTP submission; its queue ID
     GET  /admin/explain/{qid}         why a message waits
 
-A suspension without an end (an operator's, or complaint-rate throttling's)
-is kept in the policy store and restored at start, so a restart does not
-lift it.
+Suspensions are kept in the policy store (`gateway/suspensions.py`), so they
+hold on every node of a fleet and across restarts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -41,9 +39,7 @@ from gateway.ingress import QUEUED_AS, IngressHandler, Submission
 from gateway.openapi import document
 from gateway.plugin import SessionInfo
 from gateway.secret_files import warn_if_exposed
-from gateway.store import PolicyStore
-
-NAMESPACE = "holds"
+from gateway.suspensions import HoldKeeper
 
 
 def admin_token(config: Config) -> str:
@@ -61,41 +57,6 @@ def admin_token(config: Config) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token
-
-
-class HoldKeeper:
-    """Suspends through the engine, keeping open-ended suspensions in the store."""
-
-    def __init__(self, engine: DeliveryEngine, store: PolicyStore) -> None:
-        self._engine = engine
-        self._store = store
-        self._writes: set[asyncio.Task[Any]] = set()
-
-    def restore(self) -> int:
-        count = 0
-        for _, record in self._store.scan(NAMESPACE):
-            self._engine.suspend(Scope(**record["scope"]), math.inf, record["reason"])
-            count += 1
-        return count
-
-    def _persist(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    def suspend(self, scope: Scope, until: float, reason: str = "suspended by an operator") -> None:
-        self._engine.suspend(scope, until, reason)
-        if math.isinf(until):
-            self._persist(
-                self._store.put(NAMESPACE, str(scope), {"scope": scope.fields(), "reason": reason})
-            )
-
-    def slow(self, scope: Scope, factor: float, clean_period: float) -> None:
-        self._engine.slow(scope, factor, clean_period)
-
-    def resume(self, scope: Scope) -> bool:
-        self._persist(self._store.delete(NAMESPACE, str(scope)))
-        return self._engine.resume(scope)
 
 
 def _scope(body: Any) -> Scope:

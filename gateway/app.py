@@ -12,8 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway import __version__
 from gateway.accounting import close_accounting, open_accounting
-from gateway.admin import HoldKeeper, admin_token
 from gateway.admin import add_routes as add_admin_routes
+from gateway.admin import admin_token
 from gateway.auth import UsersFileError
 from gateway.config import Config
 from gateway.delivery.engine import DeliveryEngine
@@ -34,6 +34,7 @@ from gateway.smtp_server import GatewaySMTP, drain_sessions, open_listeners
 from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
+from gateway.suspensions import HoldKeeper
 from gateway.tls import ServerTls
 from gateway.webhooks import Webhooks
 from gateway.worker_metrics import exposition
@@ -92,6 +93,7 @@ class Gateway:
             config.ingress_socket, self._queued_by_worker, self.feedback.receive
         )
         self._background: asyncio.Task[None] | None = None
+        self._hold_sync: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def _queued_by_worker(self, qid: str, envelope: dict[str, Any] | None) -> None:
@@ -141,6 +143,7 @@ class Gateway:
         self.feedback.complaints.start()
         self.webhooks.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
+        self._hold_sync = asyncio.create_task(self.keeper.run(), name="holds-sync")
         recovered = 0
         for message in self.spool.recover():
             if message.done:
@@ -212,8 +215,9 @@ class Gateway:
         delivery.cancel()
         watcher.cancel()
         await asyncio.gather(delivery, watcher, return_exceptions=True)
-        if self._background:
-            self._background.cancel()
+        for task in (self._background, self._hold_sync):
+            if task:
+                task.cancel()
         await self.feedback.sent.stop()
         await self.feedback.complaints.stop()
         await self.webhooks.stop()

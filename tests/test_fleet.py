@@ -375,3 +375,40 @@ def test_a_fast_rate_is_taken_from_redis_in_blocks(redis: RedisServer) -> None:
     # The burst (200) at once, then 200 a second; each node may hold a block of 10.
     assert 200 + 150 * elapsed <= taken <= 200 + 200 * elapsed + 2 * 10
     assert calls <= taken / 2  # one a message without blocks
+
+
+def test_a_suspension_through_one_node_holds_on_every_node(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+) -> None:
+    """An operator suspends a site through node a: node b holds its mail for
+    that site too (within about a second); a resume through b lifts it on
+    both, and b's held mail goes out."""
+    site = {"site": "mx1.good.test,mx2.good.test"}  # good.test's MX hosts (MX rollup)
+
+    def holds(node: GatewayProcess) -> list[dict[str, Any]]:
+        status, body = node.admin("GET", "/admin/holds")
+        assert status == 200
+        return [h for h in body if h["scope"] == site]
+
+    def within(seconds: float, check: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + seconds
+        while not check():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    config = fleet_config(base_config, redis)
+    with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+        status, _ = a.admin("POST", "/admin/suspend", {"scope": site, "reason": "maintenance"})
+        assert status == 200
+        assert within(3, lambda: bool(holds(b)))
+        assert holds(b)[0]["reason"] == "maintenance"
+        send_through((b,), 3, "good.test")
+        time.sleep(1.5)
+        assert mx.messages == []  # held on b, though suspended through a
+
+        status, _ = b.admin("POST", "/admin/resume", {"scope": site})
+        assert status == 200
+        assert len(mx.wait_for(3, timeout=10)) == 3
+        assert within(3, lambda: not holds(a))
