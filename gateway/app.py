@@ -27,6 +27,7 @@ from gateway.http import HttpServer
 from gateway.ingress import IngressHandler
 from gateway.ingress_link import IngressBridge
 from gateway.log import event
+from gateway.node_identity import node_id
 from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
@@ -68,7 +69,10 @@ class Gateway:
             config.feedback, config.node.hostname, self.store, self.plugins, self.keeper
         )
         self.plugins.register_internal(self.feedback, "core.feedback")
-        self.webhooks = Webhooks(config.webhooks, self.store)
+        # In a fleet each node keeps its own backlog in the shared store.
+        shared = config.store.backend == "redis"
+        node = node_id(config.node.data_dir) if shared else ""
+        self.webhooks = Webhooks(config.webhooks, self.store, node)
         if config.webhooks:
             self.plugins.register_internal(self.webhooks, "core.webhooks")
         self.engine.envelope_sender = self.feedback.envelope_sender

@@ -43,10 +43,12 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 class Webhook:
     """One configured URL: its backlog and its sender."""
 
-    def __init__(self, config: WebhookConfig, store: PolicyStore) -> None:
+    def __init__(self, config: WebhookConfig, store: PolicyStore, node: str = "") -> None:
+        """`node`: this node's ID when the store is shared, so that each node
+        numbers, sends and clears a backlog of its own."""
         self.config = config
         self._store = store
-        self._namespace = f"webhook:{config.name}"
+        self._namespace = f"webhook:{config.name}" + (f":{node}" if node else "")
         self._new: list[dict[str, Any]] = []
         # The backlog holds the events numbered first..last, without gaps:
         # they are added at the end and leave from the front.
@@ -118,8 +120,8 @@ def _key(number: int) -> str:
 
 
 class Webhooks:
-    def __init__(self, configs: list[WebhookConfig], store: PolicyStore) -> None:
-        self.hooks = [Webhook(c, store) for c in configs]
+    def __init__(self, configs: list[WebhookConfig], store: PolicyStore, node: str = "") -> None:
+        self.hooks = [Webhook(c, store, node) for c in configs]
         self._tasks: list[asyncio.Task[None]] = []
 
     def _add(self, kind: str, **fields: Any) -> None:

@@ -21,6 +21,7 @@ from gateway.testing import GatewayProcess, Receiver, RedisServer
 from gateway.testing.client import SendResult, send_message
 from tests import reports
 from tests.helpers import make_message
+from tests.test_webhooks import Hooked
 from tests.zones import MX
 
 OUTSIDER = "127.0.0.77"  # not in relay_networks: may only send reports
@@ -412,3 +413,34 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         assert status == 200
         assert len(mx.wait_for(3, timeout=10)) == 3
         assert within(3, lambda: not holds(a))
+
+
+def test_each_node_sends_its_own_webhook_events_once(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int, redis: RedisServer
+) -> None:
+    """Both nodes keep their webhook backlogs in the one Redis while the
+    endpoint is down: once it is back every delivery is reported once, none
+    lost to or sent twice by the other node."""
+    hooked = Hooked()  # answers 500 until told otherwise
+    url = f"http://127.0.0.1:{hooked.port}/events"
+    webhook = {"name": "app", "url": url, "secret": "s" * 24, "events": ["delivered"]}
+    config = {**fleet_config(base_config, redis), "webhooks": [webhook]}
+    try:
+        with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
+            send_through((a, b), 10, "good.test")
+            mx.wait_for(20)
+            time.sleep(2)  # both backlogs written (once a second), none sent
+            hooked.status = 200
+
+            def reported() -> list[str]:
+                return [e["qid"] for batch, _, _ in hooked.received for e in batch["events"]]
+
+            deadline = time.monotonic() + 10
+            while len(reported()) < 20 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)  # a second flush would show a duplicate
+            qids = [e["qid"] for node in (a, b) for e in node.events("delivered")]
+            assert sorted(reported()) == sorted(qids)
+            assert len(set(qids)) == 20
+    finally:
+        hooked.server.shutdown()
