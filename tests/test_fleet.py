@@ -383,7 +383,8 @@ def test_a_suspension_through_one_node_holds_on_every_node(
 ) -> None:
     """An operator suspends a site through node a: node b holds its mail for
     that site too (within about a second); a resume through b lifts it on
-    both, and b's held mail goes out."""
+    both, and b's held mail goes out. A suspension made while Redis is away
+    reaches the other node once Redis is back."""
     site = {"site": "mx1.good.test,mx2.good.test"}  # good.test's MX hosts (MX rollup)
 
     def holds(node: GatewayProcess) -> list[dict[str, Any]]:
@@ -413,6 +414,18 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         assert status == 200
         assert len(mx.wait_for(3, timeout=10)) == 3
         assert within(3, lambda: not holds(a))
+
+        # Suspended through a while Redis is away: a holds at once, and b once
+        # Redis is back and a's write, retried each second, lands.
+        redis.kill()
+        a.wait_event("store_unavailable")
+        status, _ = a.admin("POST", "/admin/suspend", {"scope": site, "reason": "outage"})
+        assert status == 200
+        assert holds(a)
+        assert a.wait_event("holds_write_failed")["key"]
+        redis.start()
+        assert within(10, lambda: bool(holds(b)))
+        assert holds(b)[0]["reason"] == "outage"
 
 
 def test_each_node_sends_its_own_webhook_events_once(
