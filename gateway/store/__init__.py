@@ -31,11 +31,11 @@ class PolicyStore(ABC):
     def scan(self, namespace: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
         """Every live record of a namespace whose key starts with `prefix`."""
 
-    @abstractmethod
     async def put(
         self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
     ) -> None:
         """Store (or replace) a record; durable when this returns."""
+        await self.put_many(namespace, [(key, record, expires_at)])
 
     @abstractmethod
     async def put_many(

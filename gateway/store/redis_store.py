@@ -184,11 +184,6 @@ class RedisStore(MirroredStore):
                 if raw:
                     memory[key] = _entry(raw)
 
-    async def put(
-        self, namespace: str, key: str, record: Mapping[str, Any], expires_at: float | None = None
-    ) -> None:
-        await self.put_many(namespace, [(key, record, expires_at)])
-
     async def put_many(
         self, namespace: str, items: Sequence[tuple[str, Mapping[str, Any], float | None]]
     ) -> None:
