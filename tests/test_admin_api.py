@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,29 @@ def served_routes(config: dict[str, Any], workdir: Path) -> set[tuple[str, str]]
         for route in resource
         if route.method != "HEAD"
     }
+
+
+def test_a_timed_suspension_survives_a_restart_and_ends_on_time(
+    tmp_path: Path, base_config: dict[str, Any]
+) -> None:
+    """A suspension for N seconds is kept in the policy store with its end:
+    after a restart it is back with the same end, and once that passes it is
+    gone (the store's record expires with it)."""
+    scope = {"site": "nowhere.test"}
+    gw = GatewayProcess(tmp_path, base_config)
+    with gw.start():
+        status, _ = gw.admin("POST", "/admin/suspend", {"scope": scope, "seconds": 4})
+        assert status == 200
+        _, holds = gw.admin("GET", "/admin/holds")
+        until = holds[0]["until"]
+        time.sleep(0.5)  # its write reaches the store
+        assert gw.stop() == 0
+        gw.start()
+        gw.wait_event("started", holds_restored=1)
+        _, holds = gw.admin("GET", "/admin/holds")
+        assert [(h["scope"], h["until"]) for h in holds] == [(scope, until)]
+        time.sleep(max(0.0, until - time.time()) + 1.5)
+        assert gw.admin("GET", "/admin/holds")[1] == []
+        assert gw.stop() == 0
+        gw.start()
+        gw.wait_event("started", holds_restored=0)
