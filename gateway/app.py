@@ -70,8 +70,7 @@ class Gateway:
         )
         self.plugins.register_internal(self.feedback, "core.feedback")
         # In a fleet each node keeps its own backlog in the shared store.
-        shared = config.store.backend == "redis"
-        node = node_id(config.node.data_dir) if shared else ""
+        node = node_id(config.node.data_dir) if config.store.shared else ""
         self.webhooks = Webhooks(config.webhooks, self.store, node)
         if config.webhooks:
             self.plugins.register_internal(self.webhooks, "core.webhooks")

@@ -444,6 +444,11 @@ class StoreConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "gateway"  # key prefix, so fleets can share a Redis
 
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes share this store (a fleet)."""
+        return self.backend == "redis"
+
 
 class HttpConfig(_Section):
     """The public HTTP listener: endpoints recipients reach (one-click unsubscribe)."""

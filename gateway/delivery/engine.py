@@ -91,6 +91,13 @@ RATE_WAIT_IN_SESSION = 2.0
 LEASE_RETRY_SECONDS = 1.0
 
 Lane = tuple[str, str]  # (egress source, site): what rates and connection limits apply to
+
+
+def _site_key(site: str) -> str:
+    """A site's name in the fleet's limits."""
+    return f"site:{site}"
+
+
 RATE_LOWERED = "rate lowered by automation"
 
 
@@ -110,7 +117,7 @@ class DeliveryEngine:
         self.mta_sts: MtaSts | None = None
         self._verified_tls = verifying_context(config.delivery.ca_file)
         self._node_id = uuid.uuid4().hex[:12]  # names this node's connection leases
-        shared = config.store.backend == "redis"
+        shared = config.store.shared
         self.fleet_limits = FleetLimits(
             config.store.redis_url if shared else None, config.store.redis_prefix
         )
@@ -661,14 +668,15 @@ class DeliveryEngine:
     async def _session(self, site: str, pool: str, source: Source) -> None:
         lane = (source.name, site)
         lease = f"{self._node_id}:{id(asyncio.current_task())}"
+        fleet_lane = self._lane_key(source, site)
         try:
-            await self._session_inner(site, pool, source, lease)
+            await self._session_inner(site, pool, source, lease, fleet_lane)
         except Exception:
             event("delivery_session_error", logging.ERROR, exc=True, site=site)
         finally:
-            await self.fleet_limits.release(f"site:{site}", lease)
+            await self.fleet_limits.release(_site_key(site), lease)
             if self._share_lanes:
-                await self.fleet_limits.release(self._lane_key(source, site), lease)
+                await self.fleet_limits.release(fleet_lane, lease)
             self._active[lane] -= 1
             if not self._active[lane]:
                 del self._active[lane]
@@ -688,14 +696,20 @@ class DeliveryEngine:
             queue.clear()
         return jobs
 
-    async def _session_inner(self, site: str, pool: str, source: Source, lease: str) -> None:
+    async def _session_inner(
+        self, site: str, pool: str, source: Source, lease: str, fleet_lane: str
+    ) -> None:
+        """One connection's life. `fleet_lane`: the lane's name in the fleet."""
         rules = self._rules[site]
+        lane = (source.name, site)
         now = time.time()
-        wait, why = await self._fleet_connection(site, source, rules, lease, now, opening=True)
+        wait, why = await self._fleet_connection(
+            site, lane, fleet_lane, rules, lease, now, opening=True
+        )
         if why:
             # The fleet holds all of the site's or lane's connections, or its
             # connection rate is spent: try again then.
-            self._wait((source.name, site), now + wait, why)
+            self._wait(lane, now + wait, why)
             return
         conn, host, error, status = await self._connect(site, source, rules)
         if conn is None or host is None:
@@ -705,7 +719,6 @@ class DeliveryEngine:
         per_connection = min(
             self._config.delivery.max_messages_per_connection, rules.max_messages_per_connection
         )
-        lane = (source.name, site)
         sent = 0
         queue = self._ready[(site, pool)]
         try:
@@ -719,7 +732,7 @@ class DeliveryEngine:
                     break  # suspended while this connection was open
                 wait, why = self._send_wait(lane, rules, now)
                 if not wait:
-                    wait, why = await self._fleet_rate(site, source, rules, now)
+                    wait, why = await self._fleet_rate(site, lane, fleet_lane, rules, now)
                 if wait > RATE_WAIT_IN_SESSION:
                     # A long wait: free the connection, come back when the lane allows.
                     self._wait(lane, now + wait, why)
@@ -727,7 +740,9 @@ class DeliveryEngine:
                 if wait:
                     await asyncio.sleep(wait)
                     continue
-                await self._fleet_connection(site, source, rules, lease, now, opening=False)
+                await self._fleet_connection(
+                    site, lane, fleet_lane, rules, lease, now, opening=False
+                )
                 job = queue.popleft()
                 hold = self._label_hold(site, job, now)
                 if hold:
@@ -748,47 +763,50 @@ class DeliveryEngine:
         return f"lane:{source.address or self._machine + '/' + source.name}:{site}"
 
     async def _fleet_rate(
-        self, site: str, source: Source, rules: Resolved, now: float
+        self, site: str, lane: Lane, fleet_lane: str, rules: Resolved, now: float
     ) -> tuple[float, str]:
         """Take one message of the site's and the lane's rates held with other
         nodes: seconds to wait first, and which rate holds it. A site's message
         taken when the lane then says wait is spent: the site's rate errs low."""
         if rules.site_message_rate:
-            key = f"site:{site}"
-            wait = await self.fleet_limits.reserve(key, rules.site_message_rate, now)
+            wait = await self.fleet_limits.reserve(_site_key(site), rules.site_message_rate, now)
             if wait:
                 return wait, "site message rate"
         if self._share_lanes and rules.message_rate:
-            lane = (source.name, site)
             factor = self._automation.lane_rate_factor(self._lane_context(lane), now)
-            key = self._lane_key(source, site)
             wait = await self.fleet_limits.reserve(
-                key, rules.message_rate, now, factor, local=False
+                fleet_lane, rules.message_rate, now, factor, local=False
             )
             if wait:
                 return wait, f"message rate {rules.message_rate} (fleet)"
         return 0.0, ""
 
     async def _fleet_connection(
-        self, site: str, source: Source, rules: Resolved, lease: str, now: float, opening: bool
+        self,
+        site: str,
+        lane: Lane,
+        fleet_lane: str,
+        rules: Resolved,
+        lease: str,
+        now: float,
+        opening: bool,
     ) -> tuple[float, str]:
         """Take or renew this session's leases on the site's and the lane's
         connections held with other nodes, and when `opening`, one of the lane's
         connection rate: (0, "") when held, else when to try again (seconds
         from now) and which limit is full."""
         if rules.site_max_connections and not await self.fleet_limits.lease(
-            f"site:{site}", rules.site_max_connections, lease, now
+            _site_key(site), rules.site_max_connections, lease, now
         ):
             return LEASE_RETRY_SECONDS, "site connections (fleet)"
         if not self._share_lanes:
             return 0.0, ""
-        limit = self._connection_limit((source.name, site), rules, now)
-        key = self._lane_key(source, site)
-        if not await self.fleet_limits.lease(key, limit, lease, now):
+        limit = self._connection_limit(lane, rules, now)
+        if not await self.fleet_limits.lease(fleet_lane, limit, lease, now):
             return LEASE_RETRY_SECONDS, "connections (fleet)"
         if opening:
             wait = await self.fleet_limits.reserve(
-                f"{key}:connect", rules.connection_rate, now, local=False
+                f"{fleet_lane}:connect", rules.connection_rate, now, local=False
             )
             if wait:
                 return wait, f"connection rate {rules.connection_rate} (fleet)"
