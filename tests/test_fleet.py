@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis as redis_client
@@ -24,7 +24,8 @@ from tests.helpers import make_message
 from tests.test_webhooks import Hooked
 from tests.zones import MX
 
-OUTSIDER = "127.0.0.77"  # not in relay_networks: may only send reports
+OUTSIDER = "127.0.0.77"
+T = TypeVar("T")  # not in relay_networks: may only send reports
 
 
 @pytest.fixture
@@ -54,9 +55,10 @@ def fleet_config(base: dict[str, Any], redis: RedisServer) -> dict[str, Any]:
     }
 
 
-def until(check: Callable[[], SendResult], done: Callable[[SendResult], bool]) -> SendResult:
-    """Send until `done` holds (changes reach a node within a moment), at most 10 s."""
-    deadline = time.monotonic() + 10
+def until(check: Callable[[], T], done: Callable[[T], bool], seconds: float = 10) -> T:
+    """`check` again until `done` holds of its result (changes reach a node
+    within a moment), for at most `seconds`; the last result."""
+    deadline = time.monotonic() + seconds
     while True:
         result = check()
         if done(result) or time.monotonic() > deadline:
@@ -392,19 +394,11 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         assert status == 200
         return [h for h in body if h["scope"] == site]
 
-    def within(seconds: float, check: Callable[[], bool]) -> bool:
-        deadline = time.monotonic() + seconds
-        while not check():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
     config = fleet_config(base_config, redis)
     with two_nodes(tmp_path, config, Receiver(MX["good1"], mx_port)) as (mx, a, b):
         status, _ = a.admin("POST", "/admin/suspend", {"scope": site, "reason": "maintenance"})
         assert status == 200
-        assert within(3, lambda: bool(holds(b)))
+        assert until(lambda: holds(b), bool, 3)
         assert holds(b)[0]["reason"] == "maintenance"
         send_through((b,), 3, "good.test")
         time.sleep(1.5)
@@ -413,7 +407,7 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         status, _ = b.admin("POST", "/admin/resume", {"scope": site})
         assert status == 200
         assert len(mx.wait_for(3, timeout=10)) == 3
-        assert within(3, lambda: not holds(a))
+        assert not until(lambda: holds(a), lambda found: not found, 3)
 
         # Suspended through a while Redis is away: a holds at once, and b once
         # Redis is back and a's write, retried each second, lands.
@@ -424,7 +418,7 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         assert holds(a)
         assert a.wait_event("holds_write_failed")["key"]
         redis.start()
-        assert within(10, lambda: bool(holds(b)))
+        assert until(lambda: holds(b), bool)
         assert holds(b)[0]["reason"] == "outage"
 
 
@@ -448,9 +442,7 @@ def test_each_node_sends_its_own_webhook_events_once(
             def reported() -> list[str]:
                 return [e["qid"] for batch, _, _ in hooked.received for e in batch["events"]]
 
-            deadline = time.monotonic() + 10
-            while len(reported()) < 20 and time.monotonic() < deadline:
-                time.sleep(0.2)
+            until(reported, lambda qids: len(qids) >= 20)
             time.sleep(1.5)  # a second flush would show a duplicate
             qids = [e["qid"] for node in (a, b) for e in node.events("delivered")]
             assert sorted(reported()) == sorted(qids)
