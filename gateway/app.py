@@ -96,7 +96,6 @@ class Gateway:
             config.ingress_socket, self._queued_by_worker, self.feedback.receive
         )
         self._background: asyncio.Task[None] | None = None
-        self._hold_sync: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     async def _queued_by_worker(self, qid: str, envelope: dict[str, Any] | None) -> None:
@@ -146,7 +145,7 @@ class Gateway:
         self.feedback.complaints.start()
         self.webhooks.start()
         self._background = asyncio.create_task(self._check_egress(), name="egress-check")
-        self._hold_sync = asyncio.create_task(self.keeper.run(), name="holds-sync")
+        self.keeper.start()
         recovered = 0
         for message in self.spool.recover():
             if message.done:
@@ -218,9 +217,9 @@ class Gateway:
         delivery.cancel()
         watcher.cancel()
         await asyncio.gather(delivery, watcher, return_exceptions=True)
-        for task in (self._background, self._hold_sync):
-            if task:
-                task.cancel()
+        if self._background:
+            self._background.cancel()
+        await self.keeper.stop()
         await self.feedback.sent.stop()
         await self.feedback.complaints.stop()
         await self.webhooks.stop()

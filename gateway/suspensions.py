@@ -9,23 +9,23 @@ and a restart keeps what is in force. Holds reply automation puts on a
 provider's deferrals stay each node's own: each node reacts to the replies
 it gets.
 
-A suspension or resume takes effect on this node at once; its write to the
-store is retried each second until it lands (Redis away), and until then
-reading the store back leaves that scope as this node has it.
+A suspension or resume takes effect on this node at once and is written to
+the store within a second, by the same periodic work that reads it back
+(`Periodic`: while Redis is away the write waits, logged as
+`background_failed` with task `holds-sync`, and reading back leaves that
+scope as this node has it).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.delivery.engine import DeliveryEngine
 from gateway.delivery.holds import Scope
-from gateway.log import event
+from gateway.periodic import Periodic
 from gateway.store import PolicyStore, StoreUnavailable
 
 NAMESPACE = "holds"
@@ -38,14 +38,20 @@ class HoldKeeper:
         self._store = store
         # What this node applied from the store (or wrote to it): key -> (scope, until, reason).
         self._applied: dict[str, tuple[Scope, float, str]] = {}
-        # Per key, the latest write not yet in the store, and the one on its way
-        # (one at a time, so a resume cannot overtake the suspension before it).
-        self._unwritten: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
-        self._writing: dict[str, asyncio.Task[Any]] = {}
+        # Per key, the latest suspension or resume not yet written to the store.
+        self._unwritten: dict[str, Callable[[], Awaitable[Any]]] = {}
+        self._periodic = Periodic("holds-sync", SYNC_SECONDS, self._write_and_read)
 
     def restore(self) -> int:
         """At start: the suspensions in force; how many."""
         return self.sync(time.time())
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    async def stop(self) -> None:
+        """Stop reading back; what is still unwritten is written a last time."""
+        await self._periodic.stop()
 
     def sync(self, now: float) -> int:
         """Apply the store's suspensions that are new or changed, and lift those
@@ -71,42 +77,15 @@ class HoldKeeper:
                 self._engine.resume(scope)  # resumed through another node
         return len(self._applied)
 
-    async def run(self) -> None:
-        """Every second: retry writes that failed, and read the store's
-        suspensions back; until cancelled."""
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
-            for key in list(self._unwritten):
-                self._launch(key)
-            try:
-                self.sync(time.time())
-            except Exception:  # a bad record must not end the loop
-                event("holds_sync_failed", logging.ERROR, exc=True)
-
-    def _write(self, key: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        self._unwritten[key] = work
-        self._launch(key)
-
-    def _launch(self, key: str) -> None:
-        if key in self._writing:
-            return  # after the one on its way (see _written)
-        work = self._unwritten[key]
-        task = asyncio.get_running_loop().create_task(work())
-        self._writing[key] = task
-        task.add_done_callback(lambda done: self._written(key, work, done))
-
-    def _written(
-        self, key: str, work: Callable[[], Coroutine[Any, Any, Any]], task: asyncio.Task[Any]
-    ) -> None:
-        del self._writing[key]
-        if task.cancelled() or task.exception() is not None:
-            error = "cancelled" if task.cancelled() else str(task.exception())
-            event("holds_write_failed", logging.WARNING, key=key, error=error)
-            return  # kept in _unwritten: run() tries again
-        if self._unwritten.get(key) is work:
-            del self._unwritten[key]
-        elif key in self._unwritten:
-            self._launch(key)  # a newer write came meanwhile
+    async def _write_and_read(self) -> None:
+        """Each second: write this node's changes (one at a time, so a resume
+        cannot overtake its suspension), then read the store back. A failed
+        write raises and is tried again next time."""
+        for key, write in list(self._unwritten.items()):
+            await write()
+            if self._unwritten.get(key) is write:  # not replaced meanwhile
+                del self._unwritten[key]
+        self.sync(time.time())
 
     def suspend(self, scope: Scope, until: float, reason: str = "suspended by an operator") -> None:
         self._engine.suspend(scope, until, reason)
@@ -114,7 +93,9 @@ class HoldKeeper:
         self._applied[key] = (scope, until, reason)
         timed = not math.isinf(until)
         record = {"scope": scope.fields(), "reason": reason, "until": until if timed else None}
-        self._write(key, lambda: self._store.put(NAMESPACE, key, record, until if timed else None))
+        self._unwritten[key] = lambda: self._store.put(
+            NAMESPACE, key, record, until if timed else None
+        )
 
     def slow(self, scope: Scope, factor: float, clean_period: float) -> None:
         self._engine.slow(scope, factor, clean_period)
@@ -122,5 +103,5 @@ class HoldKeeper:
     def resume(self, scope: Scope) -> bool:
         key = str(scope)
         self._applied.pop(key, None)
-        self._write(key, lambda: self._store.delete(NAMESPACE, key))
+        self._unwritten[key] = lambda: self._store.delete(NAMESPACE, key)
         return self._engine.resume(scope)

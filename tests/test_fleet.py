@@ -416,7 +416,7 @@ def test_a_suspension_through_one_node_holds_on_every_node(
         status, _ = a.admin("POST", "/admin/suspend", {"scope": site, "reason": "outage"})
         assert status == 200
         assert holds(a)
-        assert a.wait_event("holds_write_failed")["key"]
+        assert a.wait_event("background_failed", task="holds-sync")["error"]
         redis.start()
         assert until(lambda: holds(b), bool)
         assert holds(b)[0]["reason"] == "outage"
