@@ -28,11 +28,12 @@ from gateway.ingress import IngressHandler
 from gateway.ingress_link import IngressBridge
 from gateway.log import event
 from gateway.node_identity import node_id
+from gateway.periodic import Periodic
 from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewaySMTP, drain_sessions, open_listeners
-from gateway.spool import Envelope, RecipientState, Spool, SpooledMessage
+from gateway.spool import Envelope, Location, RecipientState, Spool, SpooledMessage
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
 from gateway.suspensions import HoldKeeper
@@ -62,6 +63,8 @@ class Gateway:
         resolver = MxResolver(config.dns)
         self.engine = DeliveryEngine(config, self.spool, resolver, self.plugins)
         self.keeper = HoldKeeper(self.engine, self.store)
+        # Removes finished segments; finds messages whose notice was lost.
+        self.spool_collector = Periodic("spool-collect", 1.0, self._collect_spool)
         self.engine.mta_sts = MtaSts(
             config.mta_sts, resolver, self.store, verifying_context(config.delivery.ca_file)
         )
@@ -98,18 +101,24 @@ class Gateway:
         self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
-    async def _queued_by_worker(self, qid: str, envelope: dict[str, Any] | None) -> None:
-        """A worker spooled a message (`envelope`: its spool header, so the file
-        need not be read back; a fresh message has no journal yet)."""
+    async def _queued_by_worker(
+        self, qid: str, envelope: dict[str, Any], location: Location | None
+    ) -> None:
+        """A worker spooled a message (`envelope`: its spool header, so it need
+        not be read back; a fresh message has no journal yet)."""
         try:
-            if envelope is not None and envelope.get("qid") == qid:
-                spooled = Envelope(**envelope)
-                message = SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients])
-            else:
-                message = await self.spool.load(qid)
-            self.engine.submit(message)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if location is not None and not self.spool.adopt(qid, location):
+                return  # already found in its segment by the spool's collect
+            spooled = Envelope(**envelope)
+            recipients = [RecipientState(r) for r in spooled.recipients]
+            self.engine.submit(SpooledMessage(spooled, recipients, location))
+        except (ValueError, KeyError, TypeError) as exc:
             event("worker_queued_unreadable", logging.ERROR, qid=qid, error=str(exc))
+
+    async def _collect_spool(self) -> None:
+        for message in await self.spool.collect():
+            event("spool_found", qid=message.qid)  # stored, but its notice was lost
+            self.engine.submit(message)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = exposition(self.metrics_dir) if self.workers else generate_latest()
@@ -153,6 +162,7 @@ class Gateway:
                 continue
             self.engine.submit(message)
             recovered += 1
+        self.spool_collector.start()
         if self.workers is not None:
             reset_metrics(self.metrics_dir)
             await self.bridge.start()
@@ -220,6 +230,7 @@ class Gateway:
         if self._background:
             self._background.cancel()
         await self.keeper.stop()
+        await self.spool_collector.stop()
         await self.feedback.sent.stop()
         await self.feedback.complaints.stop()
         await self.webhooks.stop()

@@ -314,13 +314,14 @@ class IngressHandler:
             message_id=prepared.view.message_id or "",
         )
         try:
-            await self._spool.store(spooled, data)
+            location = await self._spool.store(spooled, data)
         except SpoolError as exc:
             event("spool_failed", logging.ERROR, qid=qid, error=str(exc), full=exc.no_space)
             if exc.no_space:
                 return NO_SPACE
             return "451 4.3.0 Temporary failure storing the message; try again later"
-        self._submit(SpooledMessage(spooled, [RecipientState(r) for r in spooled.recipients]))
+        states = [RecipientState(r) for r in spooled.recipients]
+        self._submit(SpooledMessage(spooled, states, location))
         event(
             "received",
             logging.DEBUG,  # the accounting log has every reception

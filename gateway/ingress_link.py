@@ -2,14 +2,16 @@
 JSON lines.
 
 The spool is the contract: a worker answers 250 only once the message is in
-`spool/queue/`, and then tells the queue manager its queue ID; the queue
-manager reads the envelope from the spool and schedules it. A notice lost in
-a crash is harmless, because the queue manager rebuilds its queue from the
-spool when it starts. Reports to our feedback addresses are processed by
-the queue manager (it knows what was sent and keeps the complaint rates),
-so a worker hands them over and waits for the reply to give its client.
+the spool, and then tells the queue manager its queue ID, envelope and place
+(`at`: segment, offset, length; null for a file of its own); the queue
+manager indexes and schedules it. A notice lost in a crash is harmless: the
+queue manager finds the message when it looks over the worker's segment
+(`Spool.collect`), or rebuilds its queue from the spool when it starts.
+Reports to our feedback addresses are processed by the queue manager (it
+knows what was sent and keeps the complaint rates), so a worker hands them
+over and waits for the reply to give its client.
 
-    worker -> manager   {"op": "queued", "qid": Q, "envelope": {...}}
+    worker -> manager   {"op": "queued", "qid": Q, "envelope": {...}, "at": [S, O, L]}
     worker -> manager   {"op": "stats", "inbound": N}        (open sessions, each second)
     worker -> manager   {"op": "account", "kind": K, "fields": {...}}  (accounting log)
     worker -> manager   {"op": "feedback", "id": N, "rcpts": [...], "data": BASE64}
@@ -33,7 +35,7 @@ from gateway.accounting import account
 from gateway.config import FeedbackConfig
 from gateway.feedback.processor import FeedbackIdentity
 from gateway.log import event
-from gateway.spool import SpooledMessage
+from gateway.spool import Location, SpooledMessage
 
 MAX_LINE = 64 * 1024 * 1024  # a feedback report, base64: within max_message_size
 
@@ -44,7 +46,7 @@ class IngressBridge:
     def __init__(
         self,
         path: Path,
-        queued: Callable[[str, dict[str, Any] | None], Awaitable[None]],
+        queued: Callable[[str, dict[str, Any], Location | None], Awaitable[None]],
         feedback: Callable[[list[str], bytes], Awaitable[str]],
     ) -> None:
         self.path = path
@@ -75,7 +77,8 @@ class IngressBridge:
                 elif request["op"] == "account":
                     account(request["kind"], **request["fields"])
                 elif request["op"] == "queued":
-                    await self._queued(request["qid"], request.get("envelope"))
+                    at = request.get("at")
+                    await self._queued(request["qid"], request["envelope"], at and tuple(at))
                 elif request["op"] == "feedback":
                     raw = base64.b64decode(request["data"])
                     reply = await self._feedback(request["rcpts"], raw)
@@ -141,7 +144,14 @@ class ManagerLink:
         with contextlib.suppress(ConnectionError):
             # If this fails the manager is restarting and finds it in the spool.
             # The envelope as spooled, so the manager need not read it back.
-            self._send({"op": "queued", "qid": message.qid, "envelope": message.envelope.__dict__})
+            self._send(
+                {
+                    "op": "queued",
+                    "qid": message.qid,
+                    "envelope": message.envelope.__dict__,
+                    "at": message.location,
+                }
+            )
 
     def account(self, kind: str, fields: dict[str, Any]) -> None:
         """An accounting record, for the manager to write (accounting.forward_accounting)."""

@@ -76,7 +76,7 @@ class IngressWorker:
     def __init__(self, config: Config, index: int) -> None:
         self.config = config
         self.index = index
-        self.spool = Spool(config.spool_dir)
+        self.spool = Spool(config.spool_dir, owner=False)
         self.plugins = PluginHost(config)
         self.store = open_store(config.store_settings)
         self.keys = KeyStore(config.dkim)

@@ -2,22 +2,27 @@
 
 Layout under ``<data_dir>/spool``:
 
-- ``tmp/<qid>``: a message being written; anything here at start is debris
+- ``segments/``: small messages (up to 256 KiB), many to an append-only file
+  (`gateway/spool_segments.py`). Group commit: the messages that arrive while
+  a batch is on its way to disk are appended together and synced once, so a
+  batch costs one trip to an I/O thread and one ``fdatasync``. A finished
+  message is listed in its segment's ``.done`` file; a segment is removed
+  once all of its messages are.
+- ``tmp/<qid>``: a file being written; anything here at start is debris
   from a crash before the 250 was sent, and is removed.
-- ``queue/<qid>``: one accepted message: a header line ``DGSPOOL1 <json>\\n``
-  with the envelope, then the message bytes exactly as they will be sent.
+- ``queue/<qid>``: a message in a file of its own: a header line ``DGSPOOL1
+  <json>\\n`` with the envelope, then the message bytes exactly as they will
+  be sent. Large messages are stored so (written to ``tmp/``, fsynced, renamed,
+  the directory fsynced), and so is a small one once it must wait for a
+  retry, so that it does not keep its whole segment on disk.
 - ``queue/<qid>.log``: the recipients' journal, JSON lines appended with
   fdatasync: each outcome (delivered, bounced, expired) and each deferral with
   its next-attempt time. Replaying it at start rebuilds every recipient's state,
   so a recipient recorded as delivered is never delivered again.
 
-A message file is written to ``tmp/``, fsynced, renamed into ``queue/``, and
-the directory fsynced before ingress answers 250. Small messages are written
-by group commit: those that arrive while a batch is on its way to disk go
-together in the next, one trip to an I/O thread and one directory fsync per
-batch. Directory fsyncs are also coalesced across threads: one covers every
-rename that came before it. Finished messages are removed in batches the same
-way.
+Ingress answers 250 only after the sync that covers its message. The process
+that delivers (the queue manager) owns the spool's index: where each message
+is, what is finished, which segments can go.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import errno
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +42,19 @@ from typing import Any, Generic, Literal, TypeVar
 
 from gateway import _core
 from gateway.log import event
+from gateway.spool_segments import (
+    IDLE_SEAL_SECONDS,
+    Record,
+    Scan,
+    SegmentWriter,
+    read_done,
+    record_bytes,
+    scan,
+    segment_files,
+    segment_names,
+    write_all,
+    writer_alive,
+)
 
 MAGIC = b"DGSPOOL1 "
 T = TypeVar("T")
@@ -43,6 +62,7 @@ Status = Literal["pending", "delivered", "bounced", "expired"]
 FINAL: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
 SYNC_READ_BYTES = 256 * 1024
 BATCH_BYTES = 256 * 1024  # larger messages are stored on their own
+Location = tuple[str, int, int]  # segment, offset and length of the spooled form
 
 
 class SpoolError(Exception):
@@ -93,6 +113,7 @@ class RecipientState:
 class SpooledMessage:
     envelope: Envelope
     recipients: list[RecipientState] = field(default_factory=list)
+    location: Location | None = None  # in a segment, else in a file of its own
 
     @property
     def qid(self) -> str:
@@ -149,24 +170,22 @@ class _Batches(Generic[T]):
     on its way, the items that arrive wait and go together in the next. Each
     trip wakes a thread and then the event loop, which costs more than the
     file operations of a small message; under load a batch costs what one
-    item did. `work` returns an error or None per item."""
+    item did. `work` returns a result per item, an Exception for a failure."""
 
-    def __init__(
-        self, pool: ThreadPoolExecutor, work: Callable[[list[T]], list[Exception | None]]
-    ) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[list[T]], list[Any]]) -> None:
         self._pool = pool
         self._work = work
-        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[T, asyncio.Future[Any]]] = []
         self._drainer: asyncio.Future[None] | None = None
 
-    async def run(self, item: T) -> None:
-        """Returns once `item` is done; raises its error. A cancelled caller's
-        item is still done."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def run(self, item: T) -> Any:
+        """Returns `item`'s result once it is done; raises its error. A
+        cancelled caller's item is still done."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, done))
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
-        await asyncio.shield(done)
+        return await asyncio.shield(done)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,127 +193,249 @@ class _Batches(Generic[T]):
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 items = [item for item, _ in batch]
-                errors: list[Exception | None]
+                results: list[Any]
                 try:
-                    errors = await loop.run_in_executor(self._pool, self._work, items)
+                    results = await loop.run_in_executor(self._pool, self._work, items)
                 except Exception as exc:  # the I/O threads are gone (shutting down)
-                    errors = [exc] * len(batch)
-                for (_, done), error in zip(batch, errors, strict=True):
-                    if error is None:
-                        done.set_result(None)
+                    results = [exc] * len(batch)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        done.set_exception(result)
                     else:
-                        done.set_exception(error)
+                        done.set_result(result)
         finally:
             self._drainer = None
 
 
-def _spool_error(envelope: Envelope, exc: OSError) -> SpoolError:
+def _spool_error(qid: str, exc: OSError) -> SpoolError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return SpoolError(f"cannot store {envelope.qid}: {exc.strerror or exc}", full)
+    return SpoolError(f"cannot store {qid}: {exc.strerror or exc}", full)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _header(envelope: Envelope) -> bytes:
+    return MAGIC + envelope.to_json() + b"\n"
+
+
+def _parse(raw: bytes) -> tuple[Envelope, int]:
+    """The envelope of a spooled message and where its bytes start."""
+    end = raw.index(b"\n")
+    if not raw.startswith(MAGIC):
+        raise ValueError("not a spooled message")
+    return Envelope.from_json(raw[len(MAGIC) : end]), end + 1
+
+
+@dataclass
+class _Segment:
+    """What the owner knows of one segment."""
+
+    sid: str
+    live: dict[str, tuple[int, int]] = field(default_factory=dict)  # qid: offset, length
+    done: set[str] = field(default_factory=set)
+    sealed: bool = False  # no record will be added (sealed, or its writer is gone)
+    scanned_size: int = -1
 
 
 class Spool:
-    def __init__(self, root: Path, io_threads: int = 8) -> None:
+    def __init__(self, root: Path, io_threads: int = 8, owner: bool = True) -> None:
+        """`owner`: this process delivers, so it indexes and removes what it
+        stores (ingress workers only store; the queue manager owns)."""
         self.root = root
         self.tmp = root / "tmp"
         self.queue = root / "queue"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.queue.mkdir(parents=True, exist_ok=True)
+        self.segments = root / "segments"
+        for directory in (self.tmp, self.queue, self.segments):
+            directory.mkdir(parents=True, exist_ok=True)
         self._dirsync = _GroupSync(self.queue)
+        self._segment_sync = _GroupSync(self.segments)
+        self._writer = SegmentWriter(self.segments, self._segment_sync.sync, track=owner)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="spool")
-        self._stores = _Batches(self._pool, self._store_batch)  # group commit
-        self._finishes = _Batches(self._pool, self._finish)
+        self._stores: _Batches[tuple[Envelope, bytes] | None] = _Batches(
+            self._pool, self._store_batch
+        )  # group commit; None asks to seal an idle segment
+        self._finishes: _Batches[tuple[str, str | None]] = _Batches(self._pool, self._finish)
+        self._owner = owner
+        self._segs: dict[str, _Segment] = {}
+        self._where: dict[str, str] = {}  # qid: segment, for live messages in segments
+        self._idle_check: asyncio.TimerHandle | None = None
+        self._sealing: asyncio.Future[Any] | None = None
+        self._relocating: dict[str, asyncio.Future[None]] = {}
 
     def close(self) -> None:
+        if self._idle_check is not None:
+            self._idle_check.cancel()
         self._pool.shutdown(wait=True)
+        self._writer.close()
         self._dirsync.close()
+        self._segment_sync.close()
 
     # -- writing -------------------------------------------------------------
 
     def new_qid(self) -> str:
         return _core.new_queue_id()
 
-    async def store(self, envelope: Envelope, data: bytes) -> None:
-        """Durably store a new message; returns only once it survives a crash.
+    async def store(self, envelope: Envelope, data: bytes) -> Location | None:
+        """Durably store a new message; returns only once it survives a crash,
+        with where it is (None: in a file of its own).
 
-        Small messages go by group commit (`_Batches`): a batch is written,
-        renamed into the queue and covered by one directory fsync. A large
-        one is written on its own, so it holds up nobody."""
+        Small messages go by group commit into this process's segment
+        (`_Batches`). A large one is written to a file on its own, so it
+        holds up nobody."""
         if len(data) > BATCH_BYTES:
             await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._store, envelope, data
             )
-            return
+            return None
         try:
-            await self._stores.run((envelope, data))
+            location: Location = await self._stores.run((envelope, data))
         except SpoolError:
             raise
         except Exception as exc:
             raise SpoolError(f"cannot store {envelope.qid}: {exc}") from exc
+        if self._owner:
+            self.adopt(envelope.qid, location)
+        if self._idle_check is None:
+            self._idle_check = asyncio.get_running_loop().call_later(
+                IDLE_SEAL_SECONDS, self._seal_if_idle
+            )
+        return location
 
-    def _store_batch(self, batch: list[tuple[Envelope, bytes]]) -> list[Exception | None]:
-        errors: list[Exception | None] = []
-        for envelope, data in batch:
-            try:
-                self._write(envelope, data)
-                errors.append(None)
-            except SpoolError as exc:
-                errors.append(exc)
-        if any(e is None for e in errors):
-            try:
-                self._dirsync.sync()
-            except OSError as exc:
-                for i, (envelope, _) in enumerate(batch):
-                    if errors[i] is None:
-                        # Not durable, so not acknowledged: nor kept, else the
-                        # client's retry would make it a duplicate.
-                        with contextlib.suppress(OSError):
-                            (self.queue / envelope.qid).unlink()
-                        errors[i] = _spool_error(envelope, exc)
-        return errors
+    def _seal_if_idle(self) -> None:
+        self._idle_check = None
+        self._sealing = asyncio.ensure_future(self._seal_when_idle())
+
+    async def _seal_when_idle(self) -> None:
+        # Through the store batches, so a seal never cuts into a write.
+        if await self._stores.run(None) and self._idle_check is None:
+            loop = asyncio.get_running_loop()  # still in use: look again later
+            self._idle_check = loop.call_later(IDLE_SEAL_SECONDS, self._seal_if_idle)
+
+    def _store_batch(self, batch: list[tuple[Envelope, bytes] | None]) -> list[Any]:
+        items = [(i, item) for i, item in enumerate(batch) if item is not None]
+        if not items:  # seal requests: whether the segment is still open after
+            if time.monotonic() - self._writer.last_write >= IDLE_SEAL_SECONDS:
+                self._writer.seal()
+            return [self._writer.is_open] * len(batch)
+        results: list[Any] = [True] * len(batch)
+        payloads = [_header(envelope) + data for _, (envelope, data) in items]
+        records = [
+            record_bytes(envelope.qid, payload)
+            for (_, (envelope, _)), payload in zip(items, payloads, strict=True)
+        ]
+        try:
+            offsets = self._writer.append(items[0][1][0].qid, records)
+        except OSError as exc:
+            for i, (envelope, _) in items:
+                results[i] = _spool_error(envelope.qid, exc)
+            return results
+        for (i, _), offset, record, payload in zip(items, offsets, records, payloads, strict=True):
+            results[i] = (self._writer.sid, offset + len(record) - len(payload), len(payload))
+        return results
 
     def _store(self, envelope: Envelope, data: bytes) -> None:
-        self._write(envelope, data)
+        self._write(envelope.qid, _header(envelope), data)
         try:
             self._dirsync.sync()
         except OSError as exc:
+            # Not durable, so not acknowledged: nor kept, else the client's
+            # retry would make it a duplicate.
             with contextlib.suppress(OSError):
                 (self.queue / envelope.qid).unlink()
-            raise _spool_error(envelope, exc) from exc
+            raise _spool_error(envelope.qid, exc) from exc
 
-    def _write(self, envelope: Envelope, data: bytes) -> None:
+    def _write(self, qid: str, header: bytes, data: bytes) -> None:
         """Written, fsynced and renamed into the queue (the rename not yet durable)."""
-        tmp_path = self.tmp / envelope.qid
+        tmp_path = self.tmp / qid
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                _write_all(fd, MAGIC + envelope.to_json() + b"\n")
-                _write_all(fd, data)
+                write_all(fd, header)
+                write_all(fd, data)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp_path, self.queue / envelope.qid)
+            os.rename(tmp_path, self.queue / qid)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp_path.unlink(missing_ok=True)
-            raise _spool_error(envelope, exc) from exc
+            raise _spool_error(qid, exc) from exc
 
     def free_space(self) -> int:
         """Bytes an unprivileged writer can still use on the spool's filesystem."""
         stats = os.statvfs(self.queue)
         return stats.f_bavail * stats.f_frsize
 
+    # -- the owner's index ------------------------------------------------------
+
+    def adopt(self, qid: str, location: Location) -> bool:
+        """Index a message another process stored in a segment; False if it is
+        already known (found by `collect`, or finished)."""
+        sid, offset, length = location
+        seg = self._segs.get(sid)
+        if seg is None:
+            if not (self.segments / f"{sid}.seg").exists():
+                return False  # collected already: every message in it was done
+            seg = self._segs[sid] = _Segment(sid)
+        if qid in seg.live or qid in seg.done:
+            return False
+        seg.live[qid] = (offset, length)
+        self._where[qid] = sid
+        return True
+
+    def _mark_done(self, qid: str, sid: str) -> None:
+        seg = self._segs[sid]
+        seg.live.pop(qid, None)
+        seg.done.add(qid)
+        self._where.pop(qid, None)
+
+    def _append_done(self, sid: str, qids: list[str]) -> None:
+        path = self.segments / f"{sid}.done"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            new = os.fstat(fd).st_size == 0
+            write_all(fd, "".join(f"{qid}\n" for qid in qids).encode())
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            self._segment_sync.sync()
+
+    # -- journal and removal ----------------------------------------------------
+
     async def record(self, qid: str, records: list[dict[str, Any]]) -> None:
-        """Append recipient outcomes to the message's journal, durably."""
-        if records:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._record, qid, records)
+        """Append recipient outcomes to the message's journal, durably. A
+        message still in a segment first moves to a file of its own: it waits
+        for a retry, and its segment need not wait with it."""
+        if not records:
+            return
+        await self._in_own_file(qid)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._record, qid, records)
+
+    async def _in_own_file(self, qid: str) -> None:
+        """Move a message out of its segment, once: outcomes for its several
+        destinations may be recorded at the same time."""
+        moving = self._relocating.get(qid)
+        if moving is not None:
+            await asyncio.shield(moving)
+            return
+        sid = self._where.get(qid)
+        if sid is None:
+            return
+        offset, length = self._segs[sid].live[qid]
+        loop = asyncio.get_running_loop()
+        moving = loop.run_in_executor(self._pool, self._relocate, qid, sid, offset, length)
+        self._relocating[qid] = moving
+        try:
+            await asyncio.shield(moving)
+        finally:
+            self._relocating.pop(qid, None)
+        self._mark_done(qid, sid)
+
+    def _relocate(self, qid: str, sid: str, offset: int, length: int) -> None:
+        raw = self._pread(sid, offset, length)
+        _, start = _parse(raw)
+        self._write(qid, raw[:start], raw[start:])
+        self._dirsync.sync()
+        self._append_done(sid, [qid])  # after a crash before this, the file wins
 
     def _record(self, qid: str, records: list[dict[str, Any]]) -> None:
         lines = b"".join(
@@ -304,39 +445,113 @@ class Spool:
         path = self.queue / f"{qid}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            _write_all(fd, lines)
+            write_all(fd, lines)
             os.fdatasync(fd)
         finally:
             os.close(fd)
 
     async def finish(self, qid: str) -> None:
-        """A message whose every recipient is final: remove it, durably (the
-        directory fsync, shared with other writers, is its record; cheaper
-        than appending a journal line and then removing). In batches, as
-        messages are stored."""
-        await self._finishes.run(qid)
-
-    def _finish(self, qids: list[str]) -> list[Exception | None]:
-        errors: list[Exception | None] = []
-        for qid in qids:
-            try:
-                self._remove(qid)
-                errors.append(None)
-            except OSError as exc:
-                errors.append(exc)
-        try:
-            self._dirsync.sync()
-        except OSError as exc:
-            errors = [exc] * len(qids)
-        return errors
+        """A message whose every recipient is final: remove it, durably (its
+        removal records every outcome at once; cheaper than a journal line).
+        In batches, as messages are stored: a segment's finished messages are
+        appended to its done file with one sync, and files of their own are
+        unlinked under one directory fsync."""
+        if qid in self._relocating:
+            await self._in_own_file(qid)
+        sid = self._where.get(qid)
+        await self._finishes.run((qid, sid))
+        if sid is not None:
+            self._mark_done(qid, sid)
 
     async def remove(self, qid: str) -> None:
-        """Forget a finished message (journal last, so a crash leaves it replayable)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._remove, qid)
+        """Forget a message (an operator deleted it; found finished at start)."""
+        if qid in self._where:
+            await self.finish(qid)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._remove, qid)
+
+    def _finish(self, items: list[tuple[str, str | None]]) -> list[Exception | None]:
+        errors: list[Exception | None] = [None] * len(items)
+        by_segment: dict[str, list[int]] = {}
+        files = []
+        for i, (_, sid) in enumerate(items):
+            if sid is None:
+                files.append(i)
+            else:
+                by_segment.setdefault(sid, []).append(i)
+        for i in files:
+            try:
+                self._remove(items[i][0])
+            except OSError as exc:
+                errors[i] = exc
+        if files:
+            try:
+                self._dirsync.sync()
+            except OSError as exc:
+                for i in files:
+                    errors[i] = exc
+        for sid, indices in by_segment.items():
+            try:
+                self._append_done(sid, [items[i][0] for i in indices])
+            except OSError as exc:
+                for i in indices:
+                    errors[i] = exc
+        return errors
 
     def _remove(self, qid: str) -> None:
         (self.queue / qid).unlink(missing_ok=True)
         (self.queue / f"{qid}.log").unlink(missing_ok=True)
+
+    async def collect(self) -> list[SpooledMessage]:
+        """The owner's housekeeping, every second: remove segments whose
+        every message is done and that no writer will add to; return the
+        messages found in such a segment that no notice announced (a worker
+        that died between its sync and its notice), now indexed."""
+        loop = asyncio.get_running_loop()
+        on_disk = await loop.run_in_executor(self._pool, segment_names, self.segments)
+        for sid in on_disk:  # one whose notices were all lost is known by its file
+            if sid not in self._segs:
+                self._segs[sid] = _Segment(sid)
+        candidates = [seg for seg in self._segs.values() if not seg.live]
+        if not candidates:
+            return []
+        removed, found = await loop.run_in_executor(self._pool, self._collect, candidates)
+        for sid in removed:
+            self._segs.pop(sid, None)
+            self._writer.opened.discard(sid)
+        return [m for m in found if m.location and self.adopt(m.qid, m.location)]
+
+    def _collect(self, segments: list[_Segment]) -> tuple[list[str], list[SpooledMessage]]:
+        removed: list[str] = []
+        found: list[SpooledMessage] = []
+        for seg in segments:
+            path = self.segments / f"{seg.sid}.seg"
+            try:
+                size = path.stat().st_size
+                if size == seg.scanned_size and not seg.sealed:
+                    continue  # unchanged since the last look, and still being written
+                seg.scanned_size = size
+                contents = scan(path)
+            except FileNotFoundError:
+                removed.append(seg.sid)
+                continue
+            seg.sealed = seg.sealed or contents.sealed or not writer_alive(seg.sid)
+            if not seg.sealed:
+                continue
+            unknown = [r for r in contents.records if r.qid not in seg.done]
+            if unknown:
+                if seg.sid not in self._writer.opened:  # ours are indexed as stored
+                    found += self._readable(seg, contents, unknown)
+                continue
+            self._remove_segment(seg.sid)
+            removed.append(seg.sid)
+        return removed, found
+
+    def _remove_segment(self, sid: str) -> None:
+        # The segment before its done file, durably: never a segment without it.
+        (self.segments / f"{sid}.seg").unlink(missing_ok=True)
+        self._segment_sync.sync()
+        (self.segments / f"{sid}.done").unlink(missing_ok=True)
 
     # -- reading -------------------------------------------------------------
 
@@ -344,55 +559,149 @@ class Spool:
         """The message's bytes. One of at most SYNC_READ_BYTES (`size`, from its
         envelope; 0 for unknown) is read on the caller's thread: just written, it is in the
         page cache, and a trip to an I/O thread would cost more than the read."""
+        sid = self._where.get(qid)
+        if sid is not None:
+            offset, length = self._segs[sid].live[qid]
+            if length <= SYNC_READ_BYTES:
+                raw = self._pread(sid, offset, length)
+            else:
+                loop = asyncio.get_running_loop()
+                raw = await loop.run_in_executor(self._pool, self._pread, sid, offset, length)
+            return raw[_parse(raw)[1] :]
         if size and size <= SYNC_READ_BYTES:
             return self._read_body(qid)
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read_body, qid)
+
+    def _pread(self, sid: str, offset: int, length: int) -> bytes:
+        fd = os.open(self.segments / f"{sid}.seg", os.O_RDONLY)
+        try:
+            raw = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(raw) != length:
+            raise OSError(errno.EIO, f"segment {sid} ends before its record at {offset}")
+        return raw
 
     def _read_body(self, qid: str) -> bytes:
         raw = (self.queue / qid).read_bytes()
         return raw[raw.index(b"\n") + 1 :]
 
-    def recover(self) -> Iterator[SpooledMessage]:
-        """Every message in the queue with its recipients' state replayed.
+    def _message(self, envelope: Envelope, location: Location | None) -> SpooledMessage:
+        recipients = [RecipientState(r) for r in envelope.recipients]
+        return SpooledMessage(envelope, recipients, location)
 
-        Called once at start, before ingress opens. Debris in ``tmp/`` (never
-        acknowledged) and journals without a message are removed.
-        """
+    def recover(self) -> Iterator[SpooledMessage]:
+        """Every message in the spool with its recipients' state replayed.
+
+        Called once at start, before ingress opens, by the owner: every
+        segment's writer is gone, so each counts as sealed. Debris in ``tmp/``
+        (never acknowledged), journals without a message and segments without
+        a live message are removed."""
         for debris in self.tmp.iterdir():
             debris.unlink(missing_ok=True)
+        in_files: set[str] = set()
         for path in sorted(self.queue.iterdir()):
             if path.suffix == ".log":
-                if not path.with_suffix("").exists():
-                    path.unlink(missing_ok=True)
                 continue
             try:
-                yield self._load(path)
+                message = self._load(path)
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                # Keep the file for an operator, out of the way of delivery.
+                self._set_aside(path, exc)
+                continue
+            in_files.add(message.qid)
+            yield message
+        yield from self._recover_segments(in_files)
+        for path in self.queue.glob("*.log"):
+            qid = path.name.removesuffix(".log")
+            if qid not in in_files and qid not in self._where:
+                path.unlink(missing_ok=True)
+
+    def _recover_segments(self, in_files: set[str]) -> Iterator[SpooledMessage]:
+        for done_path in self.segments.glob("*.done"):
+            if not done_path.with_suffix(".seg").exists():
+                done_path.unlink(missing_ok=True)
+        for path in segment_files(self.segments):
+            sid = path.stem
+            try:
+                contents = scan(path)
+            except OSError as exc:
+                self._set_aside(path, exc)
+                continue
+            if contents.torn:  # never acknowledged: the sync that would have covered it
+                event("spool_torn_segment", segment=sid, at=contents.end, size=contents.size)
+            seg = self._segs[sid] = _Segment(sid, done=read_done(path.with_suffix(".done")))
+            seg.sealed = True
+            seg.done |= in_files  # moved to a file of its own: the file wins
+            unknown = [r for r in contents.records if r.qid not in seg.done]
+            for message in self._readable(seg, contents, unknown):
+                assert message.location is not None
+                self._replay(message, self.queue / f"{message.qid}.log")
+                seg.live[message.qid] = message.location[1:]
+                self._where[message.qid] = sid
+                yield message
+            if not seg.live:
+                self._remove_segment(sid)
+                del self._segs[sid]
+
+    def _readable(
+        self, seg: _Segment, contents: Scan, records: list[Record]
+    ) -> list[SpooledMessage]:
+        """The messages of `records`; one whose envelope cannot be read is set
+        aside for an operator (in ``corrupt/``) and counts as done."""
+        out = []
+        for record in records:
+            raw = contents.data[record.offset : record.offset + record.length]
+            try:
+                envelope, _ = _parse(raw)
+            except (ValueError, KeyError, TypeError) as exc:
                 bad = self.root / "corrupt"
                 bad.mkdir(exist_ok=True)
-                path.rename(bad / path.name)
-                event("spool_corrupt", level=40, qid=path.name, error=str(exc))
+                (bad / record.qid).write_bytes(raw)
+                seg.done.add(record.qid)
+                event("spool_corrupt", level=40, qid=record.qid, segment=seg.sid, error=str(exc))
+                continue
+            out.append(self._message(envelope, (seg.sid, record.offset, record.length)))
+        return out
+
+    def _set_aside(self, path: Path, exc: Exception) -> None:
+        # Kept for an operator, out of the way of delivery.
+        bad = self.root / "corrupt"
+        bad.mkdir(exist_ok=True)
+        path.rename(bad / path.name)
+        event("spool_corrupt", level=40, qid=path.name, error=str(exc))
 
     async def load(self, qid: str) -> SpooledMessage:
-        """One queued message with its recipients' state (another process wrote it)."""
+        """One message in a file of its own with its recipients' state."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._load, self.queue / qid)
 
     def _load(self, path: Path) -> SpooledMessage:
         with path.open("rb") as fh:
             header = fh.readline()
-        if not header.startswith(MAGIC):
-            raise ValueError("not a spool file")
-        envelope = Envelope.from_json(header[len(MAGIC) :])
-        message = SpooledMessage(envelope, [RecipientState(r) for r in envelope.recipients])
-        journal = path.with_name(f"{path.name}.log")
-        if journal.exists():
-            for line in journal.read_bytes().splitlines():
-                try:
-                    message.apply(json.loads(line))
-                except (ValueError, KeyError, IndexError):
-                    # A torn last line from a crash mid-append: that outcome was
-                    # never confirmed, so the recipient is simply tried again.
-                    continue
+        envelope, _ = _parse(header)
+        message = self._message(envelope, None)
+        self._replay(message, path.with_name(f"{path.name}.log"))
         return message
+
+    def _replay(self, message: SpooledMessage, journal: Path) -> None:
+        if not journal.exists():
+            return
+        for line in journal.read_bytes().splitlines():
+            try:
+                message.apply(json.loads(line))
+            except (ValueError, KeyError, IndexError):
+                # A torn last line from a crash mid-append: that outcome was
+                # never confirmed, so the recipient is simply tried again.
+                continue
+
+
+def stored_qids(root: Path) -> list[str]:
+    """Queue IDs of the messages in the spool at `root`, as a fresh start
+    would find them (for tests and tools; reads the disk)."""
+    queue, segments = root / "queue", root / "segments"
+    live = {p.name for p in queue.iterdir() if p.suffix != ".log"} if queue.exists() else set()
+    if segments.exists():
+        for path in segment_files(segments):
+            done = read_done(path.with_suffix(".done"))
+            live.update(r.qid for r in scan(path).records if r.qid not in done)
+    return sorted(live)

@@ -4,8 +4,10 @@ crash fell between a delivery and its record in the spool."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import smtplib
 import threading
 import time
@@ -71,9 +73,20 @@ class Load:
             thread.join(30)
 
 
-def test_kill_9_under_load_loses_nothing_acknowledged(
-    tmp_path: Path, base_config: dict[str, Any], mx_port: int
-) -> None:
+def wait_for_delivery(mx: Receiver, acked: dict[int, str]) -> Counter[int]:
+    """How often each load number arrived, once every acknowledged one has
+    (or a minute has passed)."""
+    deadline = time.monotonic() + 60
+    while True:
+        delivered = Counter(
+            int(m.group(1)) for r in list(mx.messages) if (m := SUBJECT.search(r.content))
+        )
+        if all(n in delivered for n in acked) or time.monotonic() > deadline:
+            return delivered
+        time.sleep(0.2)
+
+
+def unthrottled(tmp_path: Path, base_config: dict[str, Any]) -> dict[str, Any]:
     # The shipped 100/s per site would leave a backlog of thousands to drain
     # after the load (the gateway accepts faster than that): lift it, so the
     # test waits for delivery, not for a rate limit.
@@ -81,8 +94,13 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     rules.write_text(
         '[domain."good.test"]\nmessage_rate = "100000/s"\nconnection_rate = "100000/s"\n'
     )
-    delivery = {**base_config["delivery"], "shaping_files": [str(rules)]}
-    gw = GatewayProcess(tmp_path / "gw", {**base_config, "delivery": delivery})
+    return {**base_config, "delivery": {**base_config["delivery"], "shaping_files": [str(rules)]}}
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    gw = GatewayProcess(tmp_path / "gw", unthrottled(tmp_path, base_config))
     kills = 0
     rng = random.Random(7)
     with Receiver(MX["good1"], mx_port) as mx:
@@ -95,14 +113,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
                 gw.start()
             time.sleep(1.0)
         acked = dict(load.acked)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            delivered = Counter(
-                int(m.group(1)) for r in list(mx.messages) if (m := SUBJECT.search(r.content))
-            )
-            if all(n in delivered for n in acked):
-                break
-            time.sleep(0.2)
+        delivered = wait_for_delivery(mx, acked)
         gw.stop()
     lost = sorted(set(acked) - set(delivered))
     duplicated = sorted(n for n, count in delivered.items() if count > 1)
@@ -121,3 +132,37 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
         if n in acked:  # (unacknowledged ones have no queue ID to look up)
             assert delivered_events[acked[n]] == 1, (n, acked[n])
     assert len(duplicated) <= KILLS * 10  # at most what was in flight at each kill
+
+
+def test_a_worker_killed_under_load_loses_nothing_and_its_segments_go(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """kill -9 of an ingress worker between its sync and its notice leaves
+    messages only its segment knows of: the queue manager finds them there
+    (its writer is gone), delivers them, and removes the segment."""
+    config = unthrottled(tmp_path, base_config)
+    config["node"] = {"ingress_processes": 2}
+    rng = random.Random(11)
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path / "gw", config) as gw:
+        for worker in (0, 1):
+            gw.wait_event("worker_started", worker=worker)
+        with Load(gw.port) as load:
+            for kill in range(KILLS):
+                time.sleep(rng.uniform(1.0, 2.0))
+                os.kill(gw.events("worker_started")[-1]["pid"], signal.SIGKILL)
+                deadline = time.monotonic() + 15  # replaced
+                while len(gw.events("worker_started")) < 3 + kill and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            time.sleep(1.0)
+        acked = dict(load.acked)
+        delivered = wait_for_delivery(mx, acked)
+        lost = sorted(set(acked) - set(delivered))
+        assert len(acked) > 200, "the load did not get going"
+        assert lost == [], f"acknowledged but never delivered: {lost[:10]}"
+        # No delivery is lost or repeated by a worker's death: they are the manager's.
+        assert [n for n, count in delivered.items() if count > 1] == []
+        segments = Path(gw.config["node"]["data_dir"]) / "spool" / "segments"
+        deadline = time.monotonic() + 15
+        while list(segments.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(segments.iterdir()) == []  # sealed or writer gone, all done: removed

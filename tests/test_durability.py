@@ -107,9 +107,10 @@ def test_spool_write_failure_is_451_and_recovers(
     import smtplib
 
     with GatewayProcess(tmp_path, base_config) as gw:
-        tmp_dir = Path(gw.config["node"]["data_dir"]) / "spool" / "tmp"
+        # No segment is open yet: the first store makes one, and fails (ENOTDIR).
+        tmp_dir = Path(gw.config["node"]["data_dir"]) / "spool" / "segments"
         shutil.rmtree(tmp_dir)
-        tmp_dir.write_bytes(b"")  # writes under spool/tmp now fail (ENOTDIR), as on a bad disk
+        tmp_dir.write_bytes(b"")  # writes under spool/segments now fail, as on a bad disk
         with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as c:
             c.ehlo("client.test")
             c.mail("app@sender.test")

@@ -1089,7 +1089,7 @@ class DeliveryEngine:
                 await self._spool.finish(env.qid)
             else:
                 await self._spool.record(env.qid, records)
-        except OSError as exc:
+        except (OSError, SpoolError) as exc:
             # The outcome is kept in memory; after a crash it is tried again.
             event("journal_failed", logging.ERROR, qid=env.qid, error=str(exc))
         # Logged once recorded: a "delivered" line means it will not be sent again.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import parse_hostport
+from gateway.spool import stored_qids
 from gateway.testing.net import free_port, wait_for_port
 from gateway.testing.service import Service
 
@@ -205,8 +206,7 @@ class GatewayProcess(Service):
             time.sleep(0.05)
 
     def spool_files(self) -> list[str]:
-        queue = Path(self.config["node"]["data_dir"]) / "spool" / "queue"
-        return sorted(p.name for p in queue.iterdir()) if queue.exists() else []
+        return stored_qids(Path(self.config["node"]["data_dir"]) / "spool")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,225 @@
+"""Spool segments: many small messages in one append-only file.
+
+Why: on this kind of disk an `fdatasync` of a new 2 KB file (with its create,
+rename and, later, unlink) costs ~0.3 ms of machine CPU, while appending a
+batch of twenty messages to one file and syncing it once costs ~7 µs a
+message (`benchmarks/spool_sync.py`). A message's durability is the same:
+acknowledged only after the `fdatasync` of the batch that holds it.
+
+A segment, ``<data_dir>/spool/segments/<first qid>-<writer pid>.seg``, is
+written by one process only, as a sequence of records::
+
+    DGREC <qid> <length> <crc32 hex>\\n<payload of length bytes>
+
+The payload is a message exactly as a spool file holds it (``DGSPOOL1
+<envelope json>\\n`` then its bytes). The writer ends a segment with
+``DGSEAL\\n`` when it moves to the next one (the current one is big or old
+enough, or the writer has been idle), so a reader knows no record will
+follow. A torn record at the end (a crash mid-write) is never acknowledged
+and is ignored, with anything after it.
+
+Finished messages are listed in ``<sid>.done``, one queue ID per line, by the
+process that delivers (appended and synced per batch). A sealed segment
+whose every record is done is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECORD = b"DGREC "
+SEAL = b"DGSEAL\n"
+MAX_HEADER = 128
+SEGMENT_BYTES = 4 * 1024 * 1024  # a writer moves to a new segment past this size
+SEGMENT_SECONDS = 10.0  # or after this long, so finished ones can be removed
+IDLE_SEAL_SECONDS = 2.0  # a writer with nothing to write seals its segment
+
+
+def record_bytes(qid: str, payload: bytes) -> bytes:
+    header = b"%s%s %d %08x\n" % (RECORD, qid.encode(), len(payload), zlib.crc32(payload))
+    return header + payload
+
+
+@dataclass
+class Record:
+    qid: str
+    offset: int  # of the payload in the segment
+    length: int
+
+
+@dataclass
+class Scan:
+    data: bytes = b""
+    records: list[Record] = field(default_factory=list)
+    sealed: bool = False
+    end: int = 0  # bytes read up to the last good record (or the seal)
+    size: int = 0  # the file's size when read
+    torn: bool = False  # bytes after the last good record that are not a seal
+
+
+def scan(path: Path) -> Scan:
+    """The complete records of a segment, whether it is sealed, and where a
+    torn or damaged tail starts."""
+    data = path.read_bytes()
+    out = Scan(data, size=len(data))
+    pos = 0
+    while pos < len(data):
+        if data.startswith(SEAL, pos):
+            out.sealed = True
+            pos += len(SEAL)
+            break
+        newline = data.find(b"\n", pos, pos + MAX_HEADER)
+        if not data.startswith(RECORD, pos) or newline < 0:
+            break
+        try:
+            qid_b, length_b, crc_b = data[pos + len(RECORD) : newline].split(b" ")
+            length, crc = int(length_b), int(crc_b, 16)
+        except ValueError:
+            break
+        start = newline + 1
+        payload = data[start : start + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        out.records.append(Record(qid_b.decode(), start, length))
+        pos = start + length
+    out.end = pos
+    out.torn = pos < len(data)
+    return out
+
+
+def read_done(path: Path) -> set[str]:
+    """Queue IDs listed in a segment's done file (a torn last line is a prefix
+    of no queue ID and matches nothing)."""
+    try:
+        return set(path.read_bytes().decode("ascii", "replace").split())
+    except FileNotFoundError:
+        return set()
+
+
+def writer_alive(sid: str) -> bool:
+    """Whether the process that writes segment `sid` may still append to it."""
+    try:
+        pid = int(sid.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def segment_files(directory: Path) -> Iterator[Path]:
+    return (p for p in sorted(directory.iterdir()) if p.suffix == ".seg")
+
+
+def segment_names(directory: Path) -> list[str]:
+    return [p.stem for p in segment_files(directory)]
+
+
+class SegmentWriter:
+    """This process's current segment. Used from one thread at a time (the
+    spool's store batches run one after another)."""
+
+    def __init__(
+        self, directory: Path, sync_directory: Callable[[], None], track: bool = True
+    ) -> None:
+        self._dir = directory
+        self._sync_dir = sync_directory  # callable: fsync of the segments directory
+        self._fd: int | None = None
+        self.sid = ""
+        self._size = 0
+        self._opened = 0.0
+        self.last_write = 0.0
+        self._track = track
+        self.opened: set[str] = set()  # with `track`: made here (the owner drops removed ones)
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def append(self, first_qid: str, records: list[bytes]) -> list[int]:
+        """Write `records` at the end of the segment and sync them; the offset
+        of each in the file. On failure nothing of the batch is kept and the
+        segment is left for a new one."""
+        now = time.monotonic()
+        if self._fd is not None and (
+            self._size >= SEGMENT_BYTES or now - self._opened >= SEGMENT_SECONDS
+        ):
+            self.seal()
+        if self._fd is None:
+            self._open(first_qid, now)
+        assert self._fd is not None
+        start = self._size
+        offsets = []
+        pos = start
+        for record in records:
+            offsets.append(pos)
+            pos += len(record)
+        try:
+            write_all(self._fd, b"".join(records))
+            os.fdatasync(self._fd)
+        except OSError:
+            self._abandon(start)
+            raise
+        self._size = pos
+        self.last_write = now
+        return offsets
+
+    def _open(self, first_qid: str, now: float) -> None:
+        sid = f"{first_qid}-{os.getpid()}"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL  # after a cut, at its end
+        fd = os.open(self._dir / f"{sid}.seg", flags, 0o600)
+        try:
+            self._sync_dir()
+        except OSError:
+            os.close(fd)
+            (self._dir / f"{sid}.seg").unlink(missing_ok=True)
+            raise
+        self._fd, self.sid, self._size, self._opened = fd, sid, 0, now
+        if self._track:
+            self.opened.add(sid)
+
+    def seal(self) -> None:
+        """No record will follow: readers may act on the segment as a whole.
+        Not synced: after a crash every segment counts as sealed."""
+        if self._fd is None:
+            return
+        try:
+            write_all(self._fd, SEAL)
+        except OSError:
+            pass  # left unsealed: its records are recovered at the next start
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def _abandon(self, start: int) -> None:
+        # Cut what the failed batch left, so no torn record precedes later
+        # ones, and stop writing here.
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError:  # garbage stays at the end: unsealed, recovered at start
+            os.close(self._fd)
+            self._fd = None
+            return
+        self.seal()
+
+    def close(self) -> None:
+        self.seal()
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

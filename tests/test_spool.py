@@ -1,0 +1,252 @@
+"""The spool on its own: group commit into segments, finishing in batches,
+recovery after crashes (torn records, a message moved to its own file), and
+the owner finding what no notice announced. Real files in a temporary
+directory; the end-to-end crash tests are in test_crash_safety.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import spool_segments
+from gateway.spool import BATCH_BYTES, Envelope, Spool, SpoolError, stored_qids
+
+
+def body(n: int) -> bytes:
+    return f"Subject: {n}\r\n\r\nhi\r\n".encode()
+
+
+def envelope(spool: Spool, n: int = 0, recipients: int = 1) -> Envelope:
+    rcpts = [f"r{n}.{i}@b.test" for i in range(recipients)]
+    return Envelope(spool.new_qid(), "s@a.test", rcpts, time.time(), size=len(body(n)))
+
+
+def segments(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "segments").iterdir())
+
+
+def test_group_commit_stores_waiting_messages_together_in_one_segment(tmp_path: Path) -> None:
+    async def scenario(spool: Spool) -> tuple[list[Any], list[int], list[str]]:
+        trips: list[int] = []
+        first_trip_may_end = threading.Event()
+        first_trip_began = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        store_batch = spool._store_batch
+
+        def counted(batch: list[tuple[Envelope, bytes] | None]) -> list[Any]:
+            trips.append(len(batch))
+            loop.call_soon_threadsafe(first_trip_began.set)
+            first_trip_may_end.wait(5)
+            return store_batch(batch)
+
+        spool._stores._work = counted
+        envs = [envelope(spool, n) for n in range(9)]
+        first = asyncio.ensure_future(spool.store(envs[0], body(0)))
+        await asyncio.wait_for(first_trip_began.wait(), 5)  # the first is on its way to disk
+        rest = [asyncio.ensure_future(spool.store(e, body(n))) for n, e in enumerate(envs) if n]
+        await asyncio.sleep(0.05)
+        first_trip_may_end.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        bodies = [await spool.read_body(e.qid, e.size) for e in envs]
+        assert bodies == [body(n) for n in range(9)]
+        return results, trips, [e.qid for e in envs]
+
+    spool = Spool(tmp_path)
+    results, trips, qids = asyncio.run(scenario(spool))
+    assert trips == [1, 8]  # the eight that arrived meanwhile went together
+    assert {r[0] for r in results} == {f"{qids[0]}-{os.getpid()}"}  # one segment
+    assert stored_qids(tmp_path) == sorted(qids)
+    spool.close()
+
+
+def test_a_failed_write_refuses_its_batch_keeps_none_of_it_and_moves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(spool: Spool) -> tuple[Any, Any, Any]:
+        kept = envelope(spool, 1)
+        first = await spool.store(kept, body(1))
+        assert first is not None
+        size = (tmp_path / "segments" / f"{first[0]}.seg").stat().st_size
+
+        def broken(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "fdatasync", broken)
+        refused = envelope(spool, 2)
+        with pytest.raises(SpoolError) as failed:
+            await spool.store(refused, body(2))
+        assert failed.value.no_space
+        # Cut back to what was acknowledged before, and sealed.
+        contents = spool_segments.scan(tmp_path / "segments" / f"{first[0]}.seg")
+        assert (contents.end, contents.sealed) == (size + len(spool_segments.SEAL), True)
+        monkeypatch.undo()
+        later = envelope(spool, 3)
+        second = await spool.store(later, body(3))
+        return first, second, (kept.qid, refused.qid, later.qid)
+
+    spool = Spool(tmp_path)
+    first, second, (kept, _, later) = asyncio.run(scenario(spool))
+    assert first[0] != second[0]  # a new segment after the failure
+    assert stored_qids(tmp_path) == sorted([kept, later])
+    spool.close()
+
+
+def test_finishing_goes_in_batches_and_a_sealed_finished_segment_is_removed(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> tuple[list[Any], list[list[Any]]]:
+        spool = Spool(tmp_path)
+        envs = [envelope(spool, n) for n in range(5)]
+        for n, env in enumerate(envs):
+            await spool.store(env, body(n))
+        big = envelope(spool, 9)
+        await spool.store(big, b"x" * (BATCH_BYTES + 1))  # in a file of its own
+        broken = envelope(spool, 10)
+        await spool.store(broken, b"y" * (BATCH_BYTES + 1))
+        # This one cannot be removed: a directory stands where its file was.
+        (spool.queue / broken.qid).unlink()
+        (spool.queue / broken.qid).mkdir()
+        (spool.queue / broken.qid / "x").touch()
+        trips: list[list[Any]] = []
+        finish = spool._finish
+
+        def counted(batch: list[tuple[str, str | None]]) -> list[Exception | None]:
+            trips.append(list(batch))
+            return finish(batch)
+
+        spool._finishes._work = counted
+        qids = [e.qid for e in [*envs, big, broken]]
+        results = await asyncio.gather(*(spool.finish(q) for q in qids), return_exceptions=True)
+        assert await spool.collect() == []
+        assert len(segments(tmp_path)) == 2  # still being written: kept
+        await spool._stores.run(None)  # the idle seal, without waiting for it
+        spool._writer.last_write = 0
+        await spool._stores.run(None)
+        assert await spool.collect() == []
+        spool.close()
+        return results, trips
+
+    results, trips = asyncio.run(scenario())
+    assert [len(t) for t in trips] == [7]  # one I/O trip for all
+    assert [r is not None for r in results] == [False] * 6 + [True]
+    assert isinstance(results[6], OSError)
+    assert segments(tmp_path) == []  # sealed and all done: removed, with its done file
+    assert stored_qids(tmp_path) == [trips[0][6][0]]
+
+
+def test_recovery_replays_the_journal_of_a_message_moved_to_its_own_file(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> Envelope:
+        spool = Spool(tmp_path)
+        env = envelope(spool, recipients=2)
+        await spool.store(env, body(0))
+        # Two destinations' outcomes at once: the message moves out once.
+        await asyncio.gather(
+            spool.record(env.qid, [{"i": 0, "s": "delivered", "a": 1}]),
+            spool.record(env.qid, [{"i": 1, "s": "pending", "a": 1, "n": 5.0}]),
+        )
+        assert (spool.queue / env.qid).exists()
+        assert await spool.read_body(env.qid) == body(0)
+        with (spool.queue / f"{env.qid}.log").open("ab") as fh:
+            fh.write(b'{"i": 1, "s": "deliv')  # a crash mid-append
+        (spool.tmp / "debris").write_bytes(b"half a message")
+        spool.close()
+        return env
+
+    env = asyncio.run(scenario())
+    spool = Spool(tmp_path)
+    (message,) = spool.recover()
+    assert (message.qid, message.location) == (env.qid, None)
+    assert [r.status for r in message.recipients] == ["delivered", "pending"]
+    assert not list((tmp_path / "tmp").iterdir())
+    assert segments(tmp_path) == []  # its segment had nothing else: removed
+    spool.close()
+
+
+def test_recovery_after_a_crash_between_the_move_and_its_done_mark(tmp_path: Path) -> None:
+    async def scenario() -> Envelope:
+        spool = Spool(tmp_path)
+        env = envelope(spool)
+        await spool.store(env, body(0))
+        await spool.record(env.qid, [{"i": 0, "s": "pending", "a": 1, "n": 5.0}])
+        spool.close()
+        return env
+
+    env = asyncio.run(scenario())
+    # Undo the done mark, as if the crash came before it was written.
+    for done in (tmp_path / "segments").glob("*.done"):
+        done.write_bytes(b"")
+    spool = Spool(tmp_path)
+    recovered = list(spool.recover())
+    assert [m.qid for m in recovered] == [env.qid]  # once: the file wins
+    assert recovered[0].location is None
+    spool.close()
+
+
+def test_recovery_ignores_a_torn_record_and_keeps_those_before(tmp_path: Path) -> None:
+    async def scenario() -> list[Envelope]:
+        spool = Spool(tmp_path)
+        envs = [envelope(spool, n) for n in range(3)]
+        for n, env in enumerate(envs):
+            await spool.store(env, body(n))
+        await spool.finish(envs[1].qid)
+        return envs
+
+    envs = asyncio.run(scenario())  # never closed: as after kill -9
+    (path,) = (tmp_path / "segments").glob("*.seg")
+    torn = spool_segments.record_bytes("TORNTORNTORNTORN", b"DGSPOOL1 {}\n" + body(7))
+    with path.open("ab") as fh:
+        fh.write(torn[:-5])
+    spool = Spool(tmp_path)
+    recovered = {m.qid: m for m in spool.recover()}
+    assert sorted(recovered) == sorted([envs[0].qid, envs[2].qid])
+    assert asyncio.run(spool.read_body(envs[2].qid)) == body(2)
+    spool.close()
+
+
+def test_the_owner_finds_what_a_dead_writer_stored_but_never_announced(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        worker = Spool(tmp_path, owner=False)
+        env = envelope(worker)
+        location = await worker.store(env, body(0))
+        assert location is not None
+        owner = Spool(tmp_path)  # running: it did not recover, and no notice came
+        assert await owner.collect() == []  # the worker's segment is still open
+        worker.close()  # sealed: its writer will add nothing
+        (found,) = await owner.collect()
+        assert (found.qid, found.location) == (env.qid, location)
+        assert not owner.adopt(env.qid, location)  # a late notice changes nothing
+        assert await owner.read_body(env.qid, env.size) == body(0)
+        await owner.finish(env.qid)
+        assert await owner.collect() == []
+        assert segments(tmp_path) == []
+        owner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_segment_whose_writer_died_unsealed_counts_as_sealed(tmp_path: Path) -> None:
+    dead = 4_000_000  # above the kernel's pid_max default: no such process
+    (tmp_path / "segments").mkdir(parents=True)
+    env = Envelope("DEADWRITER000001", "s@a.test", ["r@b.test"], time.time())
+    record = spool_segments.record_bytes(env.qid, b"DGSPOOL1 " + env.to_json() + b"\n" + body(1))
+    sid = f"{env.qid}-{dead}"
+    (tmp_path / "segments" / f"{sid}.seg").write_bytes(record)
+
+    async def scenario() -> None:
+        owner = Spool(tmp_path)
+        offset = len(record) - len(record.split(b"\n", 1)[1])
+        assert owner.adopt("OTHER00000000000", (sid, offset, 1))
+        await owner.finish("OTHER00000000000")
+        (found,) = await owner.collect()
+        assert found.qid == env.qid
+        owner.close()
+
+    asyncio.run(scenario())
