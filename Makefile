@@ -56,6 +56,7 @@ bench: build system-deps
 	$(BIN)/python -m benchmarks.parse_throughput
 	$(BIN)/python -m benchmarks.dkim_sign
 	$(BIN)/python -m benchmarks.scheduler_queues
+	$(BIN)/python -m benchmarks.spool_sync
 	$(BIN)/python -m benchmarks.relay_throughput $(BENCH_ARGS)
 
 clean:

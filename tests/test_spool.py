@@ -250,3 +250,18 @@ def test_a_segment_whose_writer_died_unsealed_counts_as_sealed(tmp_path: Path) -
         owner.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("batch_bytes", [BATCH_BYTES, 0])  # segments, then files
+def test_the_spool_benchmark_stores_and_finishes_every_message(
+    tmp_path: Path, batch_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import spool_sync
+
+    monkeypatch.setattr("gateway.spool.BATCH_BYTES", batch_bytes)
+    per_s, cpu = asyncio.run(spool_sync.run(tmp_path, 300, 10))
+    assert per_s > 0
+    assert cpu >= 0
+    assert stored_qids(tmp_path) == []  # every one stored was finished
+    kinds = {p.suffix for p in (tmp_path / "segments").iterdir()}
+    assert kinds == ({".seg", ".done"} if batch_bytes else set())
