@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     print(f"{args.messages} messages of 2 KB, {args.writers} writers, stored and finished")
-    results = {}
+    results: dict[str, tuple[float, float]] = {}
     for name in ("segments", "files", "segments", "files"):  # interleaved
         batch_bytes = spool_module.BATCH_BYTES
         if name == "files":
