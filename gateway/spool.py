@@ -47,6 +47,7 @@ from gateway.spool_segments import (
     Record,
     Scan,
     SegmentWriter,
+    ends_sealed,
     read_done,
     record_bytes,
     scan,
@@ -232,7 +233,6 @@ class _Segment:
     live: dict[str, tuple[int, int]] = field(default_factory=dict)  # qid: offset, length
     done: set[str] = field(default_factory=set)
     sealed: bool = False  # no record will be added (sealed, or its writer is gone)
-    scanned_size: int = -1
 
 
 class Spool:
@@ -527,15 +527,16 @@ class Spool:
         for seg in segments:
             path = self.segments / f"{seg.sid}.seg"
             try:
-                size = path.stat().st_size
-                if size == seg.scanned_size and not seg.sealed:
-                    continue  # unchanged since the last look, and still being written
-                seg.scanned_size = size
+                writer_gone = not seg.sealed and not writer_alive(seg.sid)
+                if not (seg.sealed or writer_gone or ends_sealed(path)):
+                    continue  # still being written: not read at all
                 contents = scan(path)
             except FileNotFoundError:
                 removed.append(seg.sid)
                 continue
-            seg.sealed = seg.sealed or contents.sealed or not writer_alive(seg.sid)
+            # The seal counts only where the records end: a message's last
+            # bytes may look like one.
+            seg.sealed = seg.sealed or writer_gone or contents.sealed
             if not seg.sealed:
                 continue
             unknown = [r for r in contents.records if r.qid not in seg.done]

@@ -92,6 +92,16 @@ def scan(path: Path) -> Scan:
     return out
 
 
+def ends_sealed(path: Path) -> bool:
+    """Whether the file's last bytes are a seal: the cheap look before `scan`."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size < len(SEAL):
+            return False
+        fh.seek(size - len(SEAL))
+        return fh.read() == SEAL
+
+
 def read_done(path: Path) -> set[str]:
     """Queue IDs listed in a segment's done file (a torn last line is a prefix
     of no queue ID and matches nothing)."""

@@ -265,3 +265,34 @@ def test_the_spool_benchmark_stores_and_finishes_every_message(
     assert stored_qids(tmp_path) == []  # every one stored was finished
     kinds = {p.suffix for p in (tmp_path / "segments").iterdir()}
     assert kinds == ({".seg", ".done"} if batch_bytes else set())
+
+
+def test_a_writer_moves_to_a_new_segment_when_one_is_full_and_a_look_alike_seal_is_no_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SEGMENT_BYTES the writer seals and opens the next; finished, the
+    sealed ones go and the open one stays. A message that ends in the seal's
+    bytes does not make its segment look sealed to the owner."""
+    monkeypatch.setattr(spool_segments, "SEGMENT_BYTES", 1000)
+    look_alike = b"Subject: x\r\n\r\nDGSEAL\n"
+
+    async def scenario() -> list[str]:
+        spool = Spool(tmp_path)
+        qids = []
+        for n in range(8):
+            env = envelope(spool, n)
+            await spool.store(env, body(n) * 20 if n < 7 else look_alike)
+            qids.append(env.qid)
+        for qid in qids:
+            await spool.finish(qid)
+        await spool.collect()
+        left = segments(tmp_path)
+        open_one = tmp_path / "segments" / left[-1]
+        assert spool_segments.ends_sealed(open_one)  # the look-alike, last
+        assert not spool_segments.scan(open_one).sealed
+        spool.close()
+        return left
+
+    left = asyncio.run(scenario())
+    # The full ones went; the last, open, holds the look-alike and stays.
+    assert [name.rsplit(".", 1)[1] for name in left] == ["done", "seg"]
