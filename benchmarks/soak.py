@@ -5,9 +5,11 @@ the delivered rate is about 80% of the peak that relay_throughput measures
 with 20) for `--minutes`, through the
 gateway (DKIM signing, every built-in plugin, durable spool, ingress workers)
 into smtp-sink. Every 10 s it samples the resident memory of the gateway's
-processes (manager and workers) and the sink's count; at the end it prints
-the samples, the delivered rate, and the RSS drift between the first sample
-after warm-up and the last (flat: within 10%).
+processes (manager and workers), the sink's count and the messages queued in
+the gateway (`gateway_queue_messages`: accepted, not yet final, each held in
+the queue manager's memory, so RSS follows the deepest backlog); at the end it
+prints the samples, the delivered rate, and the RSS drift between the first
+sample after warm-up and the last (flat: within 10%).
 
     .venv/bin/python -m benchmarks.soak --sessions 6 --minutes 10
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,12 @@ def rss_kib(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+def queue_depth(admin_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        found = re.search(rb"^gateway_queue_messages (\S+)$", r.read(), re.MULTILINE)
+    return int(float(found.group(1))) if found else -1
 
 
 def main() -> None:
@@ -91,16 +101,18 @@ def run(gw: GatewayProcess, sink: Sink, sessions: int, seconds: float) -> None:
     started = time.monotonic()
     samples: list[tuple[float, int, int]] = []
     print(f"{sessions} sessions back to back for {seconds / 60:.0f} min")
-    print(f"{'t (s)':>6} {'delivered':>10} {'msg/s':>7} {'RSS (MiB)':>10}", flush=True)
+    header = f"{'t (s)':>6} {'delivered':>10} {'msg/s':>7} {'RSS (MiB)':>10} {'queued':>7}"
+    print(header, flush=True)
     last_count, last_t = sink.count(), 0.0
     while time.monotonic() - started < seconds and load.poll() is None:
         time.sleep(SAMPLE_SECONDS)
         t = time.monotonic() - started
         count = sink.count()
         rss = rss_kib(gw.pid)
+        queued = queue_depth(gw.admin_port)
         samples.append((t, count, rss))
         print(f"{t:6.0f} {count:10d} {(count - last_count) / (t - last_t):7.0f} "
-              f"{rss / 1024:10.1f}", flush=True)  # fmt: skip
+              f"{rss / 1024:10.1f} {queued:7d}", flush=True)  # fmt: skip
         last_count, last_t = count, t
     load.terminate()
     load.wait(30)

@@ -45,7 +45,6 @@ from gateway.log import event
 from gateway.spool_segments import (
     IDLE_SEAL_SECONDS,
     Record,
-    Scan,
     SegmentWriter,
     ends_sealed,
     read_done,
@@ -530,7 +529,7 @@ class Spool:
                 writer_gone = not seg.sealed and not writer_alive(seg.sid)
                 if not (seg.sealed or writer_gone or ends_sealed(path)):
                     continue  # still being written: not read at all
-                contents = scan(path)
+                contents = scan(path, verify=False)
             except FileNotFoundError:
                 removed.append(seg.sid)
                 continue
@@ -542,7 +541,7 @@ class Spool:
             unknown = [r for r in contents.records if r.qid not in seg.done]
             if unknown:
                 if seg.sid not in self._writer.opened:  # ours are indexed as stored
-                    found += self._readable(seg, contents, unknown)
+                    found += self._readable(seg, unknown)
                 continue
             self._remove_segment(seg.sid)
             removed.append(seg.sid)
@@ -632,9 +631,13 @@ class Spool:
                 event("spool_torn_segment", segment=sid, at=contents.end, size=contents.size)
             seg = self._segs[sid] = _Segment(sid, done=read_done(path.with_suffix(".done")))
             seg.sealed = True
+            for record in contents.damaged:
+                if record.qid not in seg.done:
+                    self._set_aside_record(sid, record, "CRC mismatch")
+                    seg.done.add(record.qid)  # (collect reads without checking CRCs)
             seg.done |= in_files  # moved to a file of its own: the file wins
             unknown = [r for r in contents.records if r.qid not in seg.done]
-            for message in self._readable(seg, contents, unknown):
+            for message in self._readable(seg, unknown):
                 assert message.location is not None
                 self._replay(message, self.queue / f"{message.qid}.log")
                 seg.live[message.qid] = message.location[1:]
@@ -644,25 +647,26 @@ class Spool:
                 self._remove_segment(sid)
                 del self._segs[sid]
 
-    def _readable(
-        self, seg: _Segment, contents: Scan, records: list[Record]
-    ) -> list[SpooledMessage]:
+    def _readable(self, seg: _Segment, records: list[Record]) -> list[SpooledMessage]:
         """The messages of `records`; one whose envelope cannot be read is set
         aside for an operator (in ``corrupt/``) and counts as done."""
         out = []
         for record in records:
-            raw = contents.data[record.offset : record.offset + record.length]
             try:
-                envelope, _ = _parse(raw)
+                envelope, _ = _parse(record.head)
             except (ValueError, KeyError, TypeError) as exc:
-                bad = self.root / "corrupt"
-                bad.mkdir(exist_ok=True)
-                (bad / record.qid).write_bytes(raw)
+                self._set_aside_record(seg.sid, record, str(exc))
                 seg.done.add(record.qid)
-                event("spool_corrupt", level=40, qid=record.qid, segment=seg.sid, error=str(exc))
                 continue
             out.append(self._message(envelope, (seg.sid, record.offset, record.length)))
         return out
+
+    def _set_aside_record(self, sid: str, record: Record, error: str) -> None:
+        # A copy for an operator: the segment goes once its other messages are done.
+        bad = self.root / "corrupt"
+        bad.mkdir(exist_ok=True)
+        (bad / record.qid).write_bytes(self._pread(sid, record.offset, record.length))
+        event("spool_corrupt", level=40, qid=record.qid, segment=sid, error=error)
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
         # Kept for an operator, out of the way of delivery.
@@ -704,5 +708,5 @@ def stored_qids(root: Path) -> list[str]:
     if segments.exists():
         for path in segment_files(segments):
             done = read_done(path.with_suffix(".done"))
-            live.update(r.qid for r in scan(path).records if r.qid not in done)
+            live.update(r.qid for r in scan(path, verify=False).records if r.qid not in done)
     return sorted(live)

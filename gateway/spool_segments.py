@@ -16,7 +16,8 @@ The payload is a message exactly as a spool file holds it (``DGSPOOL1
 ``DGSEAL\\n`` when it moves to the next one (the current one is big or old
 enough, or the writer has been idle), so a reader knows no record will
 follow. A torn record at the end (a crash mid-write) is never acknowledged
-and is ignored, with anything after it.
+and is ignored, with anything after it; a whole record that fails its CRC
+is set aside (``spool/corrupt/``) and the records after it are read on.
 
 Finished messages are listed in ``<sid>.done``, one queue ID per line, by the
 process that delivers (appended and synced per batch). A sealed segment
@@ -50,45 +51,62 @@ class Record:
     qid: str
     offset: int  # of the payload in the segment
     length: int
+    head: bytes  # the payload's first line: DGSPOOL1 and the envelope
 
 
 @dataclass
 class Scan:
-    data: bytes = b""
     records: list[Record] = field(default_factory=list)
     sealed: bool = False
     end: int = 0  # bytes read up to the last good record (or the seal)
-    size: int = 0  # the file's size when read
+    size: int = 0  # the file's size
     torn: bool = False  # bytes after the last good record that are not a seal
+    damaged: list[Record] = field(default_factory=list)  # whole, but failing their CRC
 
 
-def scan(path: Path) -> Scan:
+def scan(path: Path, verify: bool = True) -> Scan:
     """The complete records of a segment, whether it is sealed, and where a
-    torn or damaged tail starts."""
-    data = path.read_bytes()
-    out = Scan(data, size=len(data))
-    pos = 0
-    while pos < len(data):
-        if data.startswith(SEAL, pos):
-            out.sealed = True
-            pos += len(SEAL)
-            break
-        newline = data.find(b"\n", pos, pos + MAX_HEADER)
-        if not data.startswith(RECORD, pos) or newline < 0:
-            break
-        try:
-            qid_b, length_b, crc_b = data[pos + len(RECORD) : newline].split(b" ")
-            length, crc = int(length_b), int(crc_b, 16)
-        except ValueError:
-            break
-        start = newline + 1
-        payload = data[start : start + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            break
-        out.records.append(Record(qid_b.decode(), start, length))
-        pos = start + length
+    torn or damaged tail starts. Read record by record, so memory stays at
+    one record, not the segment (a whole 4 MiB read, freed by one thread
+    pool thread and reused by another, kept RSS at a high-water mark per
+    thread). With `verify` each payload's CRC is checked (at recovery);
+    without, payloads are skipped (the owner's look at a sealed segment
+    whose records it acknowledged)."""
+    out = Scan()
+    with path.open("rb") as fh:
+        out.size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        pos = 0
+        while pos < out.size:
+            header = fh.readline(MAX_HEADER)
+            if header == SEAL:
+                out.sealed = True
+                pos += len(SEAL)
+                break
+            if not header.startswith(RECORD) or not header.endswith(b"\n"):
+                break
+            try:
+                qid_b, length_b, crc_b = header[len(RECORD) : -1].split(b" ")
+                length, crc = int(length_b), int(crc_b, 16)
+            except ValueError:
+                break
+            start = pos + len(header)
+            if start + length > out.size:
+                break
+            if verify:
+                payload = fh.read(length)
+                head = payload[: payload.find(b"\n") + 1]
+                if zlib.crc32(payload) != crc:  # damaged in place: the next may be fine
+                    out.damaged.append(Record(qid_b.decode(), start, length, head))
+                    pos = start + length
+                    continue
+            else:
+                head = fh.readline(length)
+                fh.seek(start + length)
+            out.records.append(Record(qid_b.decode(), start, length, head))
+            pos = start + length
     out.end = pos
-    out.torn = pos < len(data)
+    out.torn = pos < out.size
     return out
 
 

@@ -296,3 +296,36 @@ def test_a_writer_moves_to_a_new_segment_when_one_is_full_and_a_look_alike_seal_
     left = asyncio.run(scenario())
     # The full ones went; the last, open, holds the look-alike and stays.
     assert [name.rsplit(".", 1)[1] for name in left] == ["done", "seg"]
+
+
+def test_a_damaged_record_is_set_aside_and_the_ones_after_it_are_recovered(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> list[Envelope]:
+        spool = Spool(tmp_path)
+        envs = [envelope(spool, n) for n in range(3)]
+        for n, env in enumerate(envs):
+            await spool.store(env, body(n))
+        spool.close()
+        return envs
+
+    envs = asyncio.run(scenario())
+    (path,) = (tmp_path / "segments").glob("*.seg")
+    raw = bytearray(path.read_bytes())
+    middle = spool_segments.scan(path).records[1]
+    raw[middle.offset + middle.length - 3] ^= 0xFF  # a flipped bit in its body
+    path.write_bytes(bytes(raw))
+    spool = Spool(tmp_path)
+    recovered = sorted(m.qid for m in spool.recover())
+    assert recovered == sorted([envs[0].qid, envs[2].qid])
+    kept = (tmp_path / "corrupt" / envs[1].qid).read_bytes()
+    assert kept == bytes(raw[middle.offset : middle.offset + middle.length])
+
+    async def finish_the_rest() -> None:
+        for qid in recovered:
+            await spool.finish(qid)
+        assert await spool.collect() == []  # the damaged one is not found again
+
+    asyncio.run(finish_the_rest())
+    assert segments(tmp_path) == []
+    spool.close()
