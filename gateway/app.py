@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from gateway import __version__
+from gateway import __version__, event_loop
 from gateway.accounting import close_accounting, open_accounting
 from gateway.admin import add_routes as add_admin_routes
 from gateway.admin import admin_token
@@ -177,6 +177,7 @@ class Gateway:
             recovered=recovered,
             plugins=self.plugins.names,
             holds_restored=restored,
+            event_loop=event_loop.running_kind(),
         )
 
     async def _check_egress(self) -> None:
@@ -246,4 +247,4 @@ class Gateway:
 
 
 def run(config: Config) -> None:
-    asyncio.run(Gateway(config).serve())
+    event_loop.run(Gateway(config).serve(), config.node.event_loop)

@@ -85,6 +85,9 @@ class NodeConfig(_Section):
     # addresses (0: in the main process, which also delivers). See
     # docs/architecture.md, "Processes".
     ingress_processes: int = Field(default=0, ge=0, le=64)
+    # The event loop of every process: "uvloop" (libuv; measured faster) or
+    # Python's own "asyncio" (for debugging, or where uvloop cannot be had).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (forward secrecy, AEAD only); TLS 1.3

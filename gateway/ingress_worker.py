@@ -21,6 +21,7 @@ import os
 import signal
 import time
 
+from gateway import event_loop
 from gateway.accounting import forward_accounting
 from gateway.config import Config
 from gateway.delivery.egress import SourcePicker
@@ -130,7 +131,12 @@ class IngressWorker:
             forward_accounting(self.link.account)
         await self.plugins.startup({name: self._context(name) for name in self.plugins.names})
         servers = await open_listeners(self.handler, self.config, self.tls.context, reuse_port=True)
-        event("worker_started", worker=self.index, pid=os.getpid())
+        event(
+            "worker_started",
+            worker=self.index,
+            pid=os.getpid(),
+            event_loop=event_loop.running_kind(),
+        )
         reporter = asyncio.create_task(self._report(), name="worker-stats")
         watcher = asyncio.create_task(
             self.keys.watch(self.config.dkim.reload_interval), name="dkim-key-watch"
@@ -154,4 +160,4 @@ class IngressWorker:
 
 
 def run_worker(config: Config, index: int) -> None:
-    asyncio.run(IngressWorker(config, index).serve())
+    event_loop.run(IngressWorker(config, index).serve(), config.node.event_loop)

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -186,9 +186,12 @@ class GatewaySMTP(SMTP):
         GatewaySMTP.per_ip[self._ip] += 1
         self._deadline = self.loop.call_later(self._limits.max_session_time, self._too_long)
         if self._implicit_tls and self.session is not None:
-            # aiosmtpd knows of TLS only through STARTTLS; on an implicit-TLS
-            # listener the transport is encrypted from the start.
-            self._tls_protocol = getattr(transport, "_ssl_protocol", None)
+            # aiosmtpd knows of TLS only through STARTTLS (`_tls_protocol`,
+            # only tested for truth after the switch); on an implicit-TLS
+            # listener the transport is encrypted from the start. asyncio's
+            # TLS transport has its protocol; uvloop's has none to give.
+            marker = getattr(transport, "_ssl_protocol", None) or transport
+            self._tls_protocol = marker  # type: ignore[assignment]
             self.session.ssl = {"implicit": True}
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -204,9 +207,11 @@ class GatewaySMTP(SMTP):
     def _refuse_now(self, limit: str, reply: str) -> None:
         SESSIONS_REFUSED.labels(limit).inc()
         event("session_limit", logging.WARNING, client=self._ip, limit=limit)
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.write(f"{reply}\r\n".encode())
-            self.transport.close()
+        # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{reply}\r\n".encode())
+            transport.close()
 
     def _too_long(self) -> None:
         self._refuse_now("session_time", "421 4.4.2 Session too long; closing")

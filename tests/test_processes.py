@@ -37,6 +37,7 @@ def test_ingress_workers_share_the_port_and_the_manager_delivers(
     config = {**base_config, "node": {"ingress_processes": 2}, "plugins": {"enabled": []}}
     with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path / "gw", config) as gw:
         started = [gw.wait_event("worker_started", worker=i) for i in (0, 1)]
+        assert {e["event_loop"] for e in [*started, gw.wait_event("started")]} == {"uvloop"}
         # wait_for_port saw the first worker; let the second one listen too.
         deadline = time.monotonic() + 10
         while len(gw.events("worker_started")) < 2 and time.monotonic() < deadline:
@@ -111,3 +112,19 @@ def test_sighup_reaches_the_workers(tmp_path: Path, base_config: dict[str, Any])
         gw.send_signal(signal.SIGHUP)
         gw.wait_event("reload", proc="ingress-0")
         assert served_certificate(gw.port) == ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())
+
+
+def test_asyncio_s_own_loop_on_request(
+    tmp_path: Path, base_config: dict[str, Any], mx_port: int
+) -> None:
+    """`event_loop = "asyncio"` runs every process on Python's loop, same code."""
+    config = {**base_config, "node": {"ingress_processes": 1, "event_loop": "asyncio"}}
+    with Receiver(MX["good1"], mx_port) as mx, GatewayProcess(tmp_path / "gw", config) as gw:
+        loops = [
+            gw.wait_event("worker_started")["event_loop"],
+            gw.wait_event("started")["event_loop"],
+        ]
+        assert loops == ["asyncio", "asyncio"]
+        qid = send(gw.port, "app@sender.test", ["loop@good.test"])
+        gw.wait_event("finished", qid=qid)
+        assert [m.rcpt_tos for m in mx.wait_for(1)] == [["loop@good.test"]]
