@@ -33,7 +33,7 @@ from gateway.pipeline import MessagePipeline
 from gateway.plugin import PluginContext
 from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewaySMTP, drain_sessions, open_listeners
-from gateway.spool import Envelope, Location, RecipientState, Spool, SpooledMessage
+from gateway.spool import Envelope, Location, Spool, SpooledMessage
 from gateway.state_metrics import StateCollector
 from gateway.store import open_store
 from gateway.suspensions import HoldKeeper
@@ -109,9 +109,7 @@ class Gateway:
         try:
             if location is not None and not self.spool.adopt(qid, location):
                 return  # already found in its segment by the spool's collect
-            spooled = Envelope(**envelope)
-            recipients = [RecipientState(r) for r in spooled.recipients]
-            self.engine.submit(SpooledMessage(spooled, recipients, location))
+            self.engine.submit(SpooledMessage.fresh(Envelope(**envelope), location))
         except (ValueError, KeyError, TypeError) as exc:
             event("worker_queued_unreadable", logging.ERROR, qid=qid, error=str(exc))
 

@@ -33,7 +33,7 @@ from gateway.plugin import Decision, EnvelopeInfo, MessageInfo, SessionInfo
 from gateway.plugin_host import PluginHost
 from gateway.smtp_server import GatewayEnvelope, peer_ip, session_info
 from gateway.spool import Envelope as SpoolEnvelope
-from gateway.spool import RecipientState, Spool, SpooledMessage, SpoolError
+from gateway.spool import Spool, SpooledMessage, SpoolError
 from gateway.store import PolicyStore
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -320,8 +320,7 @@ class IngressHandler:
             if exc.no_space:
                 return NO_SPACE
             return "451 4.3.0 Temporary failure storing the message; try again later"
-        states = [RecipientState(r) for r in spooled.recipients]
-        self._submit(SpooledMessage(spooled, states, location))
+        self._submit(SpooledMessage.fresh(spooled, location))
         event(
             "received",
             logging.DEBUG,  # the accounting log has every reception

@@ -115,6 +115,11 @@ class SpooledMessage:
     recipients: list[RecipientState] = field(default_factory=list)
     location: Location | None = None  # in a segment, else in a file of its own
 
+    @classmethod
+    def fresh(cls, envelope: Envelope, location: Location | None = None) -> SpooledMessage:
+        """A message just stored: every recipient pending."""
+        return cls(envelope, [RecipientState(r) for r in envelope.recipients], location)
+
     @property
     def qid(self) -> str:
         return self.envelope.qid
@@ -216,12 +221,16 @@ def _header(envelope: Envelope) -> bytes:
     return MAGIC + envelope.to_json() + b"\n"
 
 
-def _parse(raw: bytes) -> tuple[Envelope, int]:
-    """The envelope of a spooled message and where its bytes start."""
-    end = raw.index(b"\n")
+def _parse(raw: bytes) -> Envelope:
+    """The envelope of a spooled message (its header line, or the whole)."""
     if not raw.startswith(MAGIC):
         raise ValueError("not a spooled message")
-    return Envelope.from_json(raw[len(MAGIC) : end]), end + 1
+    return Envelope.from_json(raw[len(MAGIC) : raw.index(b"\n")])
+
+
+def _body_start(raw: bytes) -> int:
+    """Where a spooled message's bytes start, after its header line."""
+    return raw.index(b"\n") + 1
 
 
 @dataclass
@@ -263,7 +272,7 @@ class Spool:
         if self._idle_check is not None:
             self._idle_check.cancel()
         self._pool.shutdown(wait=True)
-        self._writer.close()
+        self._writer.seal()
         self._dirsync.close()
         self._segment_sync.close()
 
@@ -431,7 +440,7 @@ class Spool:
 
     def _relocate(self, qid: str, sid: str, offset: int, length: int) -> None:
         raw = self._pread(sid, offset, length)
-        _, start = _parse(raw)
+        start = _body_start(raw)
         self._write(qid, raw[:start], raw[start:])
         self._dirsync.sync()
         self._append_done(sid, [qid])  # after a crash before this, the file wins
@@ -567,7 +576,7 @@ class Spool:
             else:
                 loop = asyncio.get_running_loop()
                 raw = await loop.run_in_executor(self._pool, self._pread, sid, offset, length)
-            return raw[_parse(raw)[1] :]
+            return raw[_body_start(raw) :]
         if size and size <= SYNC_READ_BYTES:
             return self._read_body(qid)
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read_body, qid)
@@ -584,11 +593,7 @@ class Spool:
 
     def _read_body(self, qid: str) -> bytes:
         raw = (self.queue / qid).read_bytes()
-        return raw[raw.index(b"\n") + 1 :]
-
-    def _message(self, envelope: Envelope, location: Location | None) -> SpooledMessage:
-        recipients = [RecipientState(r) for r in envelope.recipients]
-        return SpooledMessage(envelope, recipients, location)
+        return raw[_body_start(raw) :]
 
     def recover(self) -> Iterator[SpooledMessage]:
         """Every message in the spool with its recipients' state replayed.
@@ -653,38 +658,35 @@ class Spool:
         out = []
         for record in records:
             try:
-                envelope, _ = _parse(record.head)
+                envelope = _parse(record.head)
             except (ValueError, KeyError, TypeError) as exc:
                 self._set_aside_record(seg.sid, record, str(exc))
                 seg.done.add(record.qid)
                 continue
-            out.append(self._message(envelope, (seg.sid, record.offset, record.length)))
+            out.append(SpooledMessage.fresh(envelope, (seg.sid, record.offset, record.length)))
         return out
 
-    def _set_aside_record(self, sid: str, record: Record, error: str) -> None:
-        # A copy for an operator: the segment goes once its other messages are done.
+    def _corrupt(self) -> Path:
+        """Where unreadable messages are kept for an operator, out of delivery's way."""
         bad = self.root / "corrupt"
         bad.mkdir(exist_ok=True)
-        (bad / record.qid).write_bytes(self._pread(sid, record.offset, record.length))
+        return bad
+
+    def _set_aside_record(self, sid: str, record: Record, error: str) -> None:
+        # A copy: the segment goes once its other messages are done.
+        raw = self._pread(sid, record.offset, record.length)
+        (self._corrupt() / record.qid).write_bytes(raw)
         event("spool_corrupt", level=40, qid=record.qid, segment=sid, error=error)
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
-        # Kept for an operator, out of the way of delivery.
-        bad = self.root / "corrupt"
-        bad.mkdir(exist_ok=True)
-        path.rename(bad / path.name)
+        path.rename(self._corrupt() / path.name)
         event("spool_corrupt", level=40, qid=path.name, error=str(exc))
-
-    async def load(self, qid: str) -> SpooledMessage:
-        """One message in a file of its own with its recipients' state."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._load, self.queue / qid)
 
     def _load(self, path: Path) -> SpooledMessage:
         with path.open("rb") as fh:
             header = fh.readline()
-        envelope, _ = _parse(header)
-        message = self._message(envelope, None)
+        envelope = _parse(header)
+        message = SpooledMessage.fresh(envelope)
         self._replay(message, path.with_name(f"{path.name}.log"))
         return message
 

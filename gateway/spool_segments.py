@@ -60,8 +60,12 @@ class Scan:
     sealed: bool = False
     end: int = 0  # bytes read up to the last good record (or the seal)
     size: int = 0  # the file's size
-    torn: bool = False  # bytes after the last good record that are not a seal
     damaged: list[Record] = field(default_factory=list)  # whole, but failing their CRC
+
+    @property
+    def torn(self) -> bool:
+        """Bytes after the last good record that are not a seal."""
+        return self.end < self.size
 
 
 def scan(path: Path, verify: bool = True) -> Scan:
@@ -96,17 +100,15 @@ def scan(path: Path, verify: bool = True) -> Scan:
             if verify:
                 payload = fh.read(length)
                 head = payload[: payload.find(b"\n") + 1]
-                if zlib.crc32(payload) != crc:  # damaged in place: the next may be fine
-                    out.damaged.append(Record(qid_b.decode(), start, length, head))
-                    pos = start + length
-                    continue
+                intact = zlib.crc32(payload) == crc  # damaged in place: the next may be fine
             else:
                 head = fh.readline(length)
                 fh.seek(start + length)
-            out.records.append(Record(qid_b.decode(), start, length, head))
+                intact = True
+            record = Record(qid_b.decode(), start, length, head)
+            (out.records if intact else out.damaged).append(record)
             pos = start + length
     out.end = pos
-    out.torn = pos < out.size
     return out
 
 
@@ -141,8 +143,8 @@ def writer_alive(sid: str) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # there, under another user
+        pass
     return True
 
 
@@ -240,9 +242,6 @@ class SegmentWriter:
             os.close(self._fd)
             self._fd = None
             return
-        self.seal()
-
-    def close(self) -> None:
         self.seal()
 
 
