@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -70,10 +71,13 @@ class PluginHost:
         if stray:
             raise ConfigError(f"[plugin.{stray[0]}]: no such plugin is enabled")
         self._trace = os.environ.get(TRACE_ENV, "") not in ("", "0")
+        self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
+        self._hook_seconds: dict[tuple[str, str], Any] = {}
 
     def register_internal(self, plugin: object, name: str) -> None:
         """A part of the gateway itself that listens to hooks (not configurable)."""
         self.pm.register(plugin, name=name)
+        self._impl_cache.clear()
 
     @staticmethod
     def _settings(name: str, plugin: Any, config: Config) -> Any:
@@ -94,10 +98,15 @@ class PluginHost:
         return self._config.timeouts.get(plugin, self._config.timeout)
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
-        return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+        # Several calls per message: pluggy copies its list on every ask.
+        found = self._impl_cache.get(hook)
+        if found is None:
+            found = list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+            self._impl_cache[hook] = found
+        return found
 
     def has(self, hook: str) -> bool:
-        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+        return bool(self._impls(hook))
 
     # -- calling ---------------------------------------------------------------
 
@@ -106,32 +115,43 @@ class PluginHost:
     ) -> tuple[str, Any]:
         """("ok", result), or ("error" | "timeout" | "unavailable", None) once logged
         and counted ("unavailable": the policy store cannot be reached)."""
-        args = {k: kwargs[k] for k in impl.argnames}
         started = time.perf_counter()
-        timeout = self._timeout(impl.plugin_name)
         try:
-            result = impl.function(**args)
-            if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, timeout)
-        except TimeoutError:
-            self._failed(hook, impl.plugin_name, "timeout", f"no answer within {timeout} s")
-            return "timeout", None
-        except StoreUnavailable as exc:
-            self._failed(hook, impl.plugin_name, "store_unavailable", str(exc))
-            return "unavailable", None
+            result = impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as exc:
-            self._failed(hook, impl.plugin_name, "error", repr(exc), exc_info=True)
-            return "error", None
-        self._traced(hook, impl.plugin_name, result, started)
+            return self._failure(hook, impl.plugin_name, exc), None
+        return await self._settle(hook, impl.plugin_name, result, started)
+
+    async def _settle(self, hook: str, plugin: str, result: Any, started: float) -> tuple[str, Any]:
+        """A call's result, awaited under the plugin's timeout when it is awaitable."""
+        if inspect.isawaitable(result):
+            try:
+                # asyncio.timeout, not wait_for: no task per call.
+                async with asyncio.timeout(self._timeout(plugin)):
+                    result = await result
+            except Exception as exc:
+                return self._failure(hook, plugin, exc), None
+        self._traced(hook, plugin, result, started)
         return "ok", result
+
+    def _failure(self, hook: str, plugin: str, exc: Exception) -> str:
+        """A call that raised, logged and counted: its status for _call."""
+        if isinstance(exc, TimeoutError):
+            timeout = self._timeout(plugin)
+            self._failed(hook, plugin, "timeout", f"no answer within {timeout} s")
+            return "timeout"
+        if isinstance(exc, StoreUnavailable):
+            self._failed(hook, plugin, "store_unavailable", str(exc))
+            return "unavailable"
+        self._failed(hook, plugin, "error", repr(exc), exc_info=True)
+        return "error"
 
     def _call_sync(
         self, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]
     ) -> tuple[str, Any]:
-        args = {k: kwargs[k] for k in impl.argnames}
         started = time.perf_counter()
         try:
-            result = impl.function(**args)
+            result = impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as exc:
             self._failed(hook, impl.plugin_name, "error", repr(exc), exc_info=True)
             return "error", None
@@ -155,7 +175,10 @@ class PluginHost:
     def _traced(self, hook: str, plugin: str, result: Any, started: float) -> None:
         """A call that returned: timed, decisions counted, traced when asked."""
         elapsed = time.perf_counter() - started
-        PLUGIN_HOOK_SECONDS.labels(plugin, hook).observe(elapsed)
+        timer = self._hook_seconds.get((plugin, hook))
+        if timer is None:  # labels() is a lookup under a lock, per call
+            timer = self._hook_seconds[(plugin, hook)] = PLUGIN_HOOK_SECONDS.labels(plugin, hook)
+        timer.observe(elapsed)
         if isinstance(result, Decision):
             PLUGIN_DECISIONS.labels(plugin, hook, result.action).inc()
         if self._trace:
@@ -214,6 +237,30 @@ class PluginHost:
     async def all_quiet(self, hook: str, **kwargs: Any) -> None:
         """All-run hook whose results nobody reads (outcome notifications)."""
         await self.all(hook, **kwargs)
+
+    def notify(self, hook: str, **kwargs: Any) -> Coroutine[Any, Any, None] | None:
+        """All-run hook whose results nobody reads, from code that must not
+        wait for plugins (delivery outcomes): synchronous implementations run
+        now, in order; the async ones' coroutines come back as one to run
+        beside the caller (None when there are none). A task per
+        notification would cost more than most implementations."""
+        later: list[tuple[str, Any]] = []
+        for impl in self._impls(hook):
+            started = time.perf_counter()
+            try:
+                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except Exception as exc:
+                self._failure(hook, impl.plugin_name, exc)
+                continue
+            if inspect.isawaitable(result):
+                later.append((impl.plugin_name, result))
+            else:
+                self._traced(hook, impl.plugin_name, result, started)
+        return self._settle_all(hook, later) if later else None
+
+    async def _settle_all(self, hook: str, calls: list[tuple[str, Any]]) -> None:
+        for plugin, result in calls:
+            await self._settle(hook, plugin, result, time.perf_counter())
 
     def all_sync(self, hook: str, **kwargs: Any) -> None:
         for impl in self._impls(hook):

@@ -29,11 +29,10 @@ def test_gateway_phases_relay_every_message_and_are_reported(
         assert phase["e2e_per_s"] > 0
         assert 0 < phase["p50"] <= phase["p99"]
     # The report's arithmetic, with the gateway standing in for Postfix.
-    bench.report(
-        [{"gateway": embedded, "gw+redis": shared, "postfix": embedded}],
-        {"accept_per_s": embedded["accept_per_s"], "cpu_ms": 0.0},
-    )
+    noop = {"accept_per_s": 2 * embedded["e2e_per_s"], "cpu_ms": 0.0}
+    bench.report([{"gateway": embedded, "gw+redis": shared, "postfix": embedded, "noop": noop}])
     out = capsys.readouterr().out
     assert "ratio gateway/postfix, end to end: 1.00" in out
+    assert "no-op accept/postfix end to end: 2.00" in out
     ratio = shared["e2e_per_s"] / embedded["e2e_per_s"]
     assert f"ratio gateway on Redis/on SQLite, end to end: {ratio:.2f}" in out

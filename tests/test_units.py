@@ -70,3 +70,41 @@ def test_the_fast_address_reader_agrees_with_aiosmtpd(arg: str) -> None:
     theirs = SMTP.__new__(SMTP)
     ours.local_part_limit = theirs.local_part_limit = 0
     assert ours._getaddr(arg) == SMTP._getaddr(theirs, arg)
+
+
+def test_plugin_notifications_run_plain_hooks_at_once_and_return_async_ones() -> None:
+    """PluginHost.notify: synchronous implementations run before it returns
+    (no task per delivery), async ones only when its coroutine is awaited, and
+    a failing one stops neither."""
+    import asyncio
+
+    from gateway import hookimpl
+    from gateway.config import Config
+    from gateway.plugin_host import PluginHost
+
+    heard: list[str] = []
+
+    class Plain:
+        @hookimpl
+        def delivery_delivered(self, delivery: object) -> None:
+            heard.append("plain")
+
+    class Broken:
+        @hookimpl
+        def delivery_delivered(self, delivery: object) -> None:
+            raise RuntimeError("plugin bug")
+
+    class Waits:
+        @hookimpl
+        async def delivery_delivered(self, delivery: object) -> None:
+            await asyncio.sleep(0)
+            heard.append("async")
+
+    host = PluginHost(Config(), {"a": Broken(), "b": Plain(), "c": Waits()})
+    pending = host.notify("delivery_delivered", delivery=object())
+    assert heard == ["plain"]
+    assert pending is not None
+    asyncio.run(pending)
+    assert heard == ["plain", "async"]
+    assert PluginHost(Config(), {"b": Plain()}).notify("delivery_delivered", delivery=1) is None
+    assert heard == ["plain", "async", "plain"]

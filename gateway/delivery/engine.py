@@ -1118,7 +1118,8 @@ class DeliveryEngine:
         return "transient" if status.startswith("4") else "other"
 
     def _tell_plugins(self, deliveries: list[Delivery]) -> None:
-        """delivery_delivered/_deferred/_bounced, beside delivery (not awaited here)."""
+        """delivery_delivered/_deferred/_bounced: synchronous implementations
+        now, async ones beside delivery (not awaited here)."""
         for delivery in deliveries:
             hook = {
                 "delivered": "delivery_delivered",
@@ -1126,8 +1127,9 @@ class DeliveryEngine:
                 "bounced": "delivery_bounced",
                 "expired": "delivery_bounced",
             }[delivery.kind]
-            if self._plugins.has(hook):
-                self._spawn(self._plugins.all_quiet(hook, delivery=delivery), hook)
+            pending = self._plugins.notify(hook, delivery=delivery)
+            if pending is not None:
+                self._spawn(pending, hook)
 
     # -- egress control for plugins (gateway.plugin.Egress) ----------------------
 

@@ -257,7 +257,7 @@ class RedisStore(MirroredStore):
 
     def _listen(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
             try:
                 pubsub.subscribe(self._channel)
                 self._reload()  # whatever changed while we were not listening
