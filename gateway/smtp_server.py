@@ -162,6 +162,7 @@ class GatewaySMTP(SMTP):
             reader._limit = READ_BUFFER
         self.policy = policy
         self._plain_replies = False
+        self._continued: list[bytes] = []  # a multi-line reply's lines so far
         self._limits = limits
         self._implicit_tls = implicit_tls
         self._ip = ""
@@ -260,15 +261,26 @@ class GatewaySMTP(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._plain_replies:
-            await super().push(_with_enhanced_code(status))
-        else:
-            await super().push(status)
+            status = _with_enhanced_code(status)
+        line = status if isinstance(status, bytes) else self._encode(status)
+        if line[3:4] == b"-":
+            # A multi-line reply (EHLO's capabilities) goes out in one write
+            # with its last line, not a write and a client wakeup per line.
+            self._continued.append(line)
+            return
+        if self._continued:
+            line = b"\r\n".join([*self._continued, line])
+            self._continued.clear()
+        await super().push(line)
         if isinstance(status, str) and status.startswith("421") and self.transport is not None:
             self.transport.close()  # 421: the server closes the connection (RFC 5321 3.8)
         elif isinstance(status, str) and status.startswith("5"):
             self._errors += 1
             if self._errors >= self._limits.max_errors:
                 self._refuse_now("errors", "421 4.7.0 Too many errors; closing")
+
+    def _encode(self, status: str) -> bytes:
+        return status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The common `<local@domain> PARAMS` is read with a regex: CPython's

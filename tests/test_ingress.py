@@ -50,6 +50,19 @@ def test_ehlo_advertises_extensions(gateway: GatewayProcess) -> None:
         assert (code, msg[:5]) == (250, b"2.0.0")
 
 
+def test_a_multi_line_reply_arrives_in_one_write(gateway: GatewayProcess) -> None:
+    """EHLO's capabilities go out with their last line in one write (one
+    client wakeup, not one per line); the first read holds the whole reply."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        assert sock.recv(4096).startswith(b"220 ")
+        sock.sendall(b"EHLO client.test\r\n")
+        reply = sock.recv(4096)
+        lines = reply.split(b"\r\n")
+        assert len(lines) > 5
+        assert all(line.startswith(b"250-") for line in lines[:-2])
+        assert lines[-2:] == [b"250 HELP", b""]
+
+
 def test_relay_from_foreign_network_is_refused(gateway: GatewayProcess) -> None:
     before = set(gateway.spool_files())
     with client(gateway, source="127.0.0.50") as c:
