@@ -127,8 +127,9 @@ def delivery_classify(status: str, reply: str) -> str | None:
 
 @hookspec
 def delivery_delivered(delivery: Delivery) -> None:
-    """All run, after a recipient was accepted by its MX. Runs beside delivery
-    (it does not hold the connection)."""
+    """All run, after a recipient was accepted by its MX. A notification: a
+    plain implementation runs as the outcome is recorded (keep it quick), an
+    async one beside delivery (it does not hold the connection)."""
 
 
 @hookspec
