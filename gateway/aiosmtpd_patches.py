@@ -6,9 +6,9 @@ reads the signature of the handler's `handle_EHLO`, and sorts `dir()` of both
 (to find `smtp_*` and `handle_*`), on every connection: 13% and then 5% of an
 ingress process's CPU under load (py-spy, BENCHMARKS.md), for answers that
 depend only on the classes. `install()` gives aiosmtpd's module an `inspect`
-and a `dir` that remember them per class (`dir` adds an object's own
-`smtp_*`/`handle_*` attributes, the only ones aiosmtpd keeps); everything
-else is the real `inspect`.
+and a `dir` that remember them per class (`dir` gives only the
+`smtp_*`/`handle_*` names, of the class and of the object, the only ones
+aiosmtpd keeps); everything else is the real `inspect`.
 Bound methods are still taken from each object, so behaviour is unchanged.
 """
 
@@ -49,12 +49,13 @@ _LOOKED_FOR = ("smtp_", "handle_")  # what aiosmtpd.smtp uses dir() to find
 
 
 def _caching_dir(obj: Any) -> list[str]:
-    """dir(obj) as aiosmtpd uses it: its class's names (remembered), and its
-    own attributes that aiosmtpd would keep."""
+    """dir(obj) as aiosmtpd uses it: of its class's names (remembered) and its
+    own attributes, only those aiosmtpd looks for: it tests each name it is
+    given, and a server's class has some 150."""
     cls = type(obj)
     names = _class_names.get(cls)
     if names is None:
-        names = _class_names[cls] = dir(cls)
+        names = _class_names[cls] = [n for n in dir(cls) if n.startswith(_LOOKED_FOR)]
     own = [name for name in getattr(obj, "__dict__", ()) if name.startswith(_LOOKED_FOR)]
     return sorted(names + own) if own else names
 
