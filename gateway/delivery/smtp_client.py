@@ -188,10 +188,14 @@ class SmtpConnection:
         self._writer.write(data)
 
     async def _read_reply(self, timeout: float) -> Reply:
+        return (await self._read_replies(1, timeout))[0]
+
+    async def _read_replies(self, count: int, timeout: float) -> list[Reply]:
+        """`count` replies within `timeout` seconds in all (a pipelined group's)."""
         try:
             # asyncio.timeout, not wait_for: no task per reply (several per message).
             async with asyncio.timeout(timeout):
-                return await self._read_reply_lines()
+                return [await self._read_reply_lines() for _ in range(count)]
         except TimeoutError:
             self.broken = True
             raise SmtpError(f"timeout after {timeout:g}s waiting for {self.peer}") from None
@@ -237,9 +241,11 @@ class SmtpConnection:
         if "PIPELINING" in self.extensions:
             # RFC 2920: DATA may end the group, saving a round trip per message.
             self._write(b"".join(c.encode("utf-8") + b"\r\n" for c in [*commands, "DATA"]))
-            replies = [await self._read_reply(t.mail)]
-            replies += [await self._read_reply(t.rcpt) for _ in recipients]
-            data_reply = await self._read_reply(t.data_init)
+            # The group's replies come together: they get the longest of their
+            # stages' timeouts, one timer rather than one per reply.
+            *replies, data_reply = await self._read_replies(
+                len(commands) + 1, max(t.mail, t.rcpt, t.data_init)
+            )
         else:
             replies = [await self.command(mail, t.mail)]
             if replies[0].ok:
@@ -263,8 +269,9 @@ class SmtpConnection:
         payload = _core.dot_stuff(data)
         self._write(payload)
         try:
-            async with asyncio.timeout(t.data_block):
-                await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size():  # else no wait, no timer
+                async with asyncio.timeout(t.data_block):
+                    await self._writer.drain()
         except (TimeoutError, OSError) as exc:
             self.broken = True
             raise SmtpError(f"sending data to {self.peer} failed: {exc or 'timeout'}") from None
