@@ -10,11 +10,15 @@ and a `dir` that remember them per class (`dir` gives only the
 `smtp_*`/`handle_*` names, of the class and of the object, the only ones
 aiosmtpd keeps); everything else is the real `inspect`.
 Bound methods are still taken from each object, so behaviour is unchanged.
+And aiosmtpd's `sanitized_log`, called twice for every command line, masks
+AUTH secrets with a regex before the logger decides whether to log at all;
+the installed one asks the logger first.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import aiosmtpd.smtp
@@ -60,7 +64,22 @@ def _caching_dir(obj: Any) -> list[str]:
     return sorted(names + own) if own else names
 
 
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+
+
+def _quiet_sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd logs every command line twice (debug and info), masking AUTH
+    secrets with a regex first, whether or not the level is logged: ask first."""
+    logger = getattr(func, "__self__", None)
+    level = _LEVELS.get(getattr(func, "__name__", ""))
+    if isinstance(logger, logging.Logger) and level is not None and not logger.isEnabledFor(level):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
 def install() -> None:
     if not isinstance(aiosmtpd.smtp.inspect, _CachingInspect):  # type: ignore[attr-defined]
         aiosmtpd.smtp.inspect = _CachingInspect()  # type: ignore[assignment,attr-defined]
         aiosmtpd.smtp.dir = _caching_dir  # type: ignore[attr-defined]
+        aiosmtpd.smtp.sanitized_log = _quiet_sanitized_log

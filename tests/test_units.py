@@ -108,3 +108,30 @@ def test_plugin_notifications_run_plain_hooks_at_once_and_return_async_ones() ->
     assert heard == ["plain", "async"]
     assert PluginHost(Config(), {"b": Plain()}).notify("delivery_delivered", delivery=1) is None
     assert heard == ["plain", "async", "plain"]
+
+
+def test_aiosmtpd_command_logging_is_skipped_when_off_and_still_masks_auth() -> None:
+    import io
+    import logging
+
+    import aiosmtpd.smtp
+
+    from gateway import aiosmtpd_patches
+
+    aiosmtpd_patches.install()
+    log = logging.getLogger("mail.log")
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    log.addHandler(handler)
+    old_level = log.level
+    try:
+        log.setLevel(logging.WARNING)
+        aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", "peer", b"AUTH PLAIN c2VjcmV0\r\n")
+        assert buffer.getvalue() == ""
+        log.setLevel(logging.INFO)
+        aiosmtpd.smtp.sanitized_log(log.info, "%r >> %r", "peer", b"AUTH PLAIN c2VjcmV0\r\n")
+        assert "AUTH PLAIN ********" in buffer.getvalue()
+        assert "c2VjcmV0" not in buffer.getvalue()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old_level)
