@@ -175,41 +175,58 @@ class _Batches(Generic[T]):
     on its way, the items that arrive wait and go together in the next. Each
     trip wakes a thread and then the event loop, which costs more than the
     file operations of a small message; under load a batch costs what one
-    item did. `work` returns a result per item, an Exception for a failure."""
+    item did. `work` returns a result per item, an Exception for a failure.
+    The trip is a pool task that calls back into the loop: no asyncio future
+    wrapped around it and no task draining, it runs once per message."""
 
     def __init__(self, pool: ThreadPoolExecutor, work: Callable[[list[T]], list[Any]]) -> None:
         self._pool = pool
         self._work = work
         self._waiting: list[tuple[T, asyncio.Future[Any]]] = []
-        self._drainer: asyncio.Future[None] | None = None
+        self._busy = False  # a batch is on its way, or about to be sent
 
     async def run(self, item: T) -> Any:
         """Returns `item`'s result once it is done; raises its error. A
         cancelled caller's item is still done."""
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, done))
-        if self._drainer is None:
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await asyncio.shield(done)
-
-    async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append((item, done))
+        if not self._busy:
+            self._busy = True
+            loop.call_soon(self._send, loop)  # what else arrives this turn goes too
+        return await done
+
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        if not batch:
+            self._busy = False
+            return
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                items = [item for item, _ in batch]
-                results: list[Any]
-                try:
-                    results = await loop.run_in_executor(self._pool, self._work, items)
-                except Exception as exc:  # the I/O threads are gone (shutting down)
-                    results = [exc] * len(batch)
-                for (_, done), result in zip(batch, results, strict=True):
-                    if isinstance(result, Exception):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-        finally:
-            self._drainer = None
+            self._pool.submit(self._carry, loop, batch)
+        except RuntimeError as exc:  # the I/O threads are gone (shutting down)
+            self._finished(loop, batch, [exc] * len(batch))
+
+    def _carry(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, Any]]) -> None:
+        """On an I/O thread: the work, then its results back to the loop."""
+        results: list[Any]
+        try:
+            results = self._work([item for item, _ in batch])
+        except Exception as exc:
+            results = [exc] * len(batch)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._finished, loop, batch, results)
+
+    def _finished(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, Any]], results: list[Any]
+    ) -> None:
+        for (_, done), result in zip(batch, results, strict=True):
+            if done.done():
+                continue  # its caller was cancelled; the item was done all the same
+            if isinstance(result, Exception):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+        self._send(loop)  # what arrived meanwhile
 
 
 def _spool_error(qid: str, exc: OSError) -> SpoolError:
