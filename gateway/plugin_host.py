@@ -116,11 +116,18 @@ class PluginHost:
         """("ok", result), or ("error" | "timeout" | "unavailable", None) once logged
         and counted ("unavailable": the policy store cannot be reached)."""
         started = time.perf_counter()
+        status, result = self._invoke(hook, impl, kwargs)
+        if status != "ok":
+            return status, None
+        return await self._settle(hook, impl.plugin_name, result, started)
+
+    def _invoke(self, hook: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> tuple[str, Any]:
+        """One implementation called with the arguments it names: ("ok", what
+        it returned, awaitable or not), or its failure's status, logged."""
         try:
-            result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+            return "ok", impl.function(**{k: kwargs[k] for k in impl.argnames})
         except Exception as exc:
             return self._failure(hook, impl.plugin_name, exc), None
-        return await self._settle(hook, impl.plugin_name, result, started)
 
     async def _settle(self, hook: str, plugin: str, result: Any, started: float) -> tuple[str, Any]:
         """A call's result, awaited under the plugin's timeout when it is awaitable."""
@@ -247,10 +254,8 @@ class PluginHost:
         later: list[tuple[str, Any]] = []
         for impl in self._impls(hook):
             started = time.perf_counter()
-            try:
-                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as exc:
-                self._failure(hook, impl.plugin_name, exc)
+            status, result = self._invoke(hook, impl, kwargs)
+            if status != "ok":
                 continue
             if inspect.isawaitable(result):
                 later.append((impl.plugin_name, result))

@@ -262,7 +262,12 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._plain_replies:
             status = _with_enhanced_code(status)
-        line = status if isinstance(status, bytes) else self._encode(status)
+        # aiosmtpd's encoding, done here to hold the bytes.
+        line = (
+            status
+            if isinstance(status, bytes)
+            else status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        )
         if line[3:4] == b"-":
             # A multi-line reply (EHLO's capabilities) goes out in one write
             # with its last line, not a write and a client wakeup per line.
@@ -278,9 +283,6 @@ class GatewaySMTP(SMTP):
             self._errors += 1
             if self._errors >= self._limits.max_errors:
                 self._refuse_now("errors", "421 4.7.0 Too many errors; closing")
-
-    def _encode(self, status: str) -> bytes:
-        return status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # The common `<local@domain> PARAMS` is read with a regex: CPython's

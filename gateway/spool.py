@@ -193,18 +193,19 @@ class _Batches(Generic[T]):
         self._waiting.append((item, done))
         if not self._busy:
             self._busy = True
-            loop.call_soon(self._send, loop)  # what else arrives this turn goes too
+            loop.call_soon(self._send)  # what else arrives this turn goes too
         return await done
 
-    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _send(self) -> None:
+        """In the loop: the waiting items to an I/O thread, if there are any."""
         batch, self._waiting = self._waiting, []
         if not batch:
             self._busy = False
             return
         try:
-            self._pool.submit(self._carry, loop, batch)
+            self._pool.submit(self._carry, asyncio.get_running_loop(), batch)
         except RuntimeError as exc:  # the I/O threads are gone (shutting down)
-            self._finished(loop, batch, [exc] * len(batch))
+            self._finished(batch, [exc] * len(batch))
 
     def _carry(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, Any]]) -> None:
         """On an I/O thread: the work, then its results back to the loop."""
@@ -214,11 +215,9 @@ class _Batches(Generic[T]):
         except Exception as exc:
             results = [exc] * len(batch)
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(self._finished, loop, batch, results)
+            loop.call_soon_threadsafe(self._finished, batch, results)
 
-    def _finished(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, Any]], results: list[Any]
-    ) -> None:
+    def _finished(self, batch: list[tuple[T, Any]], results: list[Any]) -> None:
         for (_, done), result in zip(batch, results, strict=True):
             if done.done():
                 continue  # its caller was cancelled; the item was done all the same
@@ -226,7 +225,7 @@ class _Batches(Generic[T]):
                 done.set_exception(result)
             else:
                 done.set_result(result)
-        self._send(loop)  # what arrived meanwhile
+        self._send()  # what arrived meanwhile
 
 
 def _spool_error(qid: str, exc: OSError) -> SpoolError:

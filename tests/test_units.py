@@ -1,17 +1,22 @@
-"""Pieces in isolation: the Rust bindings, the DSN builder, backoff (the spool's
-are in test_spool.py)."""
+"""Pieces in isolation: the Rust bindings, the DSN builder, backoff, plugin
+notifications, the aiosmtpd patches (the spool's are in test_spool.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import io
+import logging
 import time
 
+import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from gateway import _core
-from gateway.config import RetryConfig
+from gateway import _core, aiosmtpd_patches, hookimpl
+from gateway.config import Config, RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
+from gateway.plugin_host import PluginHost
 from gateway.scheduler import RetryScheduler
 from gateway.smtp_server import GatewaySMTP
 from gateway.spool import Envelope
@@ -76,12 +81,6 @@ def test_plugin_notifications_run_plain_hooks_at_once_and_return_async_ones() ->
     """PluginHost.notify: synchronous implementations run before it returns
     (no task per delivery), async ones only when its coroutine is awaited, and
     a failing one stops neither."""
-    import asyncio
-
-    from gateway import hookimpl
-    from gateway.config import Config
-    from gateway.plugin_host import PluginHost
-
     heard: list[str] = []
 
     class Plain:
@@ -111,13 +110,6 @@ def test_plugin_notifications_run_plain_hooks_at_once_and_return_async_ones() ->
 
 
 def test_aiosmtpd_command_logging_is_skipped_when_off_and_still_masks_auth() -> None:
-    import io
-    import logging
-
-    import aiosmtpd.smtp
-
-    from gateway import aiosmtpd_patches
-
     aiosmtpd_patches.install()
     log = logging.getLogger("mail.log")
     buffer = io.StringIO()
