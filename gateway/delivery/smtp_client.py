@@ -1,4 +1,4 @@
-"""Outbound SMTP client over asyncio streams.
+"""Outbound SMTP client: an asyncio protocol that parses replies as they arrive.
 
 Why not aiosmtplib: its protocol drops replies that arrive while no command is
 awaiting one, so it cannot pipeline (RFC 2920), and it has one timeout for all
@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from gateway import _core
 from gateway.config import DeliveryTimeouts
@@ -86,16 +88,142 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
+class _ReplyReader(asyncio.Protocol):
+    """The connection's protocol: parses replies as bytes arrive and hands a
+    waiting reader the replies it asked for at once, one wakeup per pipelined
+    group rather than a stream read per line. Also the writer's flow control."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._lines: list[str] = []  # the reply being read
+        self.replies: deque[Reply] = deque()
+        self.error: SmtpError | None = None  # the connection is unusable, and why
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0
+        self._paused = False
+        self._resumed: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        while self.error is None:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            self._line(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
+            start = end + 1
+        self._buffer = buffer[start:]
+        if self.error is None and len(self._buffer) > MAX_REPLY_LINE:
+            self._fail(SmtpError(f"reply line from {self._peer} too long"))
+        self._wake()
+
+    def _line(self, line: str) -> None:
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            self._fail(SmtpError(f"malformed reply from {self._peer}: {line[:100]!r}"))
+            return
+        self._lines.append(line[4:])
+        if line[3:4] != "-":
+            self.replies.append(Reply(int(line[:3]), tuple(self._lines)))
+            self._lines = []
+        elif len(self._lines) > MAX_REPLY_LINES:
+            self._fail(SmtpError(f"reply from {self._peer} too long"))
+
+    def _fail(self, error: SmtpError) -> None:
+        if self.error is None:
+            self.error = error
+            self._buffer = b""
+            if self._transport is not None:
+                self._transport.abort()  # nothing it says now can be trusted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Duck-typed: uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def encrypted(self, transport: asyncio.Transport) -> None:
+        """STARTTLS took effect: the TLS transport from now on, and nothing
+        that arrived before it, which a man in the middle may have injected
+        in plaintext (CVE-2011-0411's kind)."""
+        self._transport = transport
+        self._buffer = b""
+        self._lines = []
+        self.replies.clear()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if (
+            waiter is not None
+            and not waiter.done()
+            and (self.error is not None or len(self.replies) >= self._wanted)
+        ):
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(SmtpError(f"connection to {self._peer} lost: {exc or 'closed by peer'}"))
+        self._wake()
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost says so
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+    async def wait(self, count: int, timeout: float) -> None:
+        """Until `count` replies are in, or the connection fails, for at most
+        `timeout` seconds in all (TimeoutError)."""
+        if len(self.replies) >= count or self.error is not None:
+            return
+        self._wanted = count
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await _within(self._waiter, timeout)
+        finally:
+            self._waiter = None
+
+    async def drained(self, timeout: float) -> None:
+        """Until the transport takes more writes (it was over its high-water mark)."""
+        if not self._paused or self.error is not None:
+            return
+        self._resumed = asyncio.get_running_loop().create_future()
+        try:
+            await _within(self._resumed, timeout)
+        finally:
+            self._resumed = None
+
+
+async def _within(waiter: asyncio.Future[None], timeout: float) -> None:
+    """Await `waiter` for at most `timeout` seconds (TimeoutError). One timer
+    handle, not asyncio.timeout's machinery: this runs several times a message."""
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class SmtpConnection:
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
+        protocol: _ReplyReader,
         timeouts: DeliveryTimeouts,
         peer: str,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
+        self._protocol = protocol
         self._timeouts = timeouts
         self.peer = peer
         self.extensions: dict[str, str] = {}
@@ -125,14 +253,16 @@ class SmtpConnection:
         `verify` (an MTA-STS policy) the certificate must be valid for
         `server_name`, else SmtpError with status 4.7.5."""
         local = (source_address, 0) if source_address else None
+        loop = asyncio.get_running_loop()
+        protocol = _ReplyReader(address)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, local_addr=local, limit=MAX_REPLY_LINE),
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: protocol, address, port, local_addr=local),
                 timeouts.connect,
             )
         except (OSError, TimeoutError) as exc:
             raise SmtpError(f"connect to {address}:{port} failed: {exc or 'timeout'}") from None
-        conn = cls(reader, writer, timeouts, address)
+        conn = cls(transport, protocol, timeouts, address)
         try:
             greeting = await conn._read_reply(timeouts.greeting)
             if greeting.code != 220:
@@ -142,7 +272,9 @@ class SmtpConnection:
                 reply = await conn.command("STARTTLS", timeouts.starttls)
                 if reply.code == 220:
                     try:
-                        await writer.start_tls(
+                        upgraded = await loop.start_tls(
+                            conn._transport,
+                            protocol,
                             verify or _tls_context(),
                             server_hostname=server_name,
                             ssl_handshake_timeout=timeouts.starttls,
@@ -151,6 +283,12 @@ class SmtpConnection:
                         why = "certificate not valid" if verify else "TLS handshake failed"
                         status = "4.7.5" if verify else "4.7.0"
                         raise SmtpError(f"{why}: {exc}", status=status) from None
+                    except (OSError, TimeoutError) as exc:
+                        raise SmtpError(f"TLS handshake failed: {exc or 'timeout'}") from None
+                    if upgraded is None:
+                        raise SmtpError("TLS handshake failed: connection closed")
+                    conn._transport = upgraded
+                    protocol.encrypted(upgraded)
                     conn.tls = True
                     await conn._hello(helo)
             if require_tls and not conn.tls:
@@ -183,40 +321,26 @@ class SmtpConnection:
         return await self._read_reply(timeout)
 
     def _write(self, data: bytes) -> None:
-        if self.broken or self._writer.is_closing():
+        if self.broken or self._transport.is_closing():
             raise SmtpError("connection closed")
-        self._writer.write(data)
+        self._transport.write(data)
 
     async def _read_reply(self, timeout: float) -> Reply:
         return (await self._read_replies(1, timeout))[0]
 
     async def _read_replies(self, count: int, timeout: float) -> list[Reply]:
         """`count` replies within `timeout` seconds in all (a pipelined group's)."""
+        protocol = self._protocol
         try:
-            # asyncio.timeout, not wait_for: no task per reply (several per message).
-            async with asyncio.timeout(timeout):
-                return [await self._read_reply_lines() for _ in range(count)]
+            await protocol.wait(count, timeout)
         except TimeoutError:
             self.broken = True
             raise SmtpError(f"timeout after {timeout:g}s waiting for {self.peer}") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        if len(protocol.replies) < count:
             self.broken = True
-            raise SmtpError(f"connection to {self.peer} lost: {exc}") from None
-
-    async def _read_reply_lines(self) -> Reply:
-        texts: list[str] = []
-        while True:
-            raw = await self._reader.readuntil(b"\n")
-            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
-                self.broken = True
-                raise SmtpError(f"malformed reply from {self.peer}: {line[:100]!r}")
-            texts.append(line[4:])
-            if line[3:4] != "-":
-                return Reply(int(line[:3]), tuple(texts))
-            if len(texts) > MAX_REPLY_LINES:
-                self.broken = True
-                raise SmtpError(f"reply from {self.peer} too long")
+            assert protocol.error is not None
+            raise protocol.error
+        return [protocol.replies.popleft() for _ in range(count)]
 
     async def send(
         self,
@@ -269,12 +393,10 @@ class SmtpConnection:
         payload = _core.dot_stuff(data)
         self._write(payload)
         try:
-            if self._writer.transport.get_write_buffer_size():  # else no wait, no timer
-                async with asyncio.timeout(t.data_block):
-                    await self._writer.drain()
-        except (TimeoutError, OSError) as exc:
+            await self._protocol.drained(t.data_block)
+        except TimeoutError:
             self.broken = True
-            raise SmtpError(f"sending data to {self.peer} failed: {exc or 'timeout'}") from None
+            raise SmtpError(f"sending data to {self.peer} failed: timeout") from None
         return SendResult(rcpt_replies, await self._read_reply(t.data_done))
 
     async def rset(self) -> None:
@@ -293,4 +415,4 @@ class SmtpConnection:
 
     def abort(self) -> None:
         self.broken = True
-        self._writer.close()
+        self._transport.close()
