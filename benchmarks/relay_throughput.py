@@ -5,7 +5,7 @@ through a real DNS server) and a stock Postfix instance relaying to the same
 sink, and prints messages/s for each and the ratio gateway/Postfix.
 
     .venv/bin/python -m benchmarks.relay_throughput [--messages 10000] [--sessions 20] [--dkim]
-        [--ingress-processes N] [--rounds N] [--redis]
+        [--ingress-processes N] [--rounds N] [--redis] [--reuse]
 
 With --dkim the gateway runs a second time signing every message (RSA-2048,
 relaxed/relaxed), and so does Postfix with OpenDKIM as its milter.
@@ -22,7 +22,11 @@ minutes: --rounds N runs every phase N times, alternating, and reports the
 median of the rounds' ratios. With --redis the gateway also runs on the
 fleet's store (a local redis-server; suppression and consent, counters, and
 its source's limits shared as two nodes on one host would), to show what the
-shared store costs against the embedded one.
+shared store costs against the embedded one. smtp-source opens a connection
+per message, so the SMTP session's set-up and teardown weigh on each message;
+with --reuse the gateway and Postfix also run with every session sending
+message after message (smtp-source -d), as Postfix relaying to a smarthost
+with its connection cache does, and the summary gives that ratio too.
 
 Needs Debian's `postfix` (smtp-source, smtp-sink, postfix) and `nsd`; `make bench`
 installs them. Every server listens on loopback only and everything is stopped
@@ -76,12 +80,15 @@ class Sink:
         self._proc.wait(10)
 
 
-def drive(port: int, messages: int, sessions: int, size: int) -> float:
-    """smtp-source against 127.0.0.1:port; returns its wall time (all accepted)."""
+def drive(port: int, messages: int, sessions: int, size: int, reuse: bool = False) -> float:
+    """smtp-source against 127.0.0.1:port; returns its wall time (all accepted).
+    `reuse`: each session sends message after message (-d), as a smarthost
+    client with a connection cache does; else a connection per message."""
     start = time.monotonic()
     subprocess.run(
         [
             "smtp-source",
+            *(["-d"] if reuse else []),
             "-s",
             str(sessions),
             "-l",
@@ -115,10 +122,12 @@ def busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(name: str, port: int, sink: Sink, args: argparse.Namespace) -> dict[str, float]:
+def measure(
+    name: str, port: int, sink: Sink, args: argparse.Namespace, reuse: bool = False
+) -> dict[str, float]:
     base = sink.count()
     start, cpu = time.monotonic(), busy_seconds()
-    accept = drive(port, args.messages, args.sessions, args.size)
+    accept = drive(port, args.messages, args.sessions, args.size, reuse)
     wait_delivered(sink, base + args.messages, args.timeout)
     total = time.monotonic() - start
     result = {
@@ -143,6 +152,7 @@ def run_gateway(
     args: argparse.Namespace,
     dkim: bool = False,
     redis: RedisServer | None = None,
+    reuse: bool = False,
 ) -> dict[str, float]:
     zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
     workdir.mkdir(exist_ok=True)
@@ -155,6 +165,8 @@ def run_gateway(
         )
         config: dict[str, dict[str, Any]] = {
             "node": {"ingress_processes": args.ingress_processes},
+            # Nor a per-session command rate: a reused session sends ~400/s here.
+            "smtp": {"command_rate": 1_000_000},
             "dns": {"nameservers": [dns.address], "port": dns.port},
             "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
             "log": {"level": "info"},
@@ -166,7 +178,7 @@ def run_gateway(
         if redis is not None:
             prefix = f"bench{time.monotonic_ns()}"
             config["store"] = {"backend": "redis", "redis_url": redis.url, "redis_prefix": prefix}
-        name = "gw+dkim" if dkim else "gw+redis" if redis else "gateway"
+        name = "gw+dkim" if dkim else "gw+redis" if redis else "gw reuse" if reuse else "gateway"
         with GatewayProcess(workdir / name, config) as gw:
             gw_admin = gw.admin_port
             if args.ingress_processes:  # every worker listening before the load starts
@@ -175,7 +187,7 @@ def run_gateway(
                     if time.monotonic() > deadline:
                         raise TimeoutError("the ingress workers did not start")
                     time.sleep(0.1)
-            result = measure(name, gw.port, sink, args)
+            result = measure(name, gw.port, sink, args, reuse)
             p50, p99 = accept_latency(gw_admin)
             print(f"{'':<10} accept latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
             return result | {"p50": p50, "p99": p99}
@@ -252,13 +264,16 @@ def run_noop(args: argparse.Namespace) -> dict[str, float]:
     return {"accept_per_s": rate, "cpu_ms": cpu_ms}
 
 
-def run_postfix(sink: Sink, args: argparse.Namespace, dkim: bool = False) -> dict[str, float]:
+def run_postfix(
+    sink: Sink, args: argparse.Namespace, dkim: bool = False, reuse: bool = False
+) -> dict[str, float]:
     # maillog_file must sit under one of Postfix's maillog_file_prefixes (/var).
     root = Path(tempfile.mkdtemp(prefix="bench-postfix-", dir="/var/tmp"))
     milter = OpenDkim(root) if dkim else None
     postfix = Postfix(root, sink, milter.main_cf() if milter else "")
     try:
-        return measure("pf+dkim" if dkim else "postfix", postfix.port, sink, args)
+        name = "pf+dkim" if dkim else "pf reuse" if reuse else "postfix"
+        return measure(name, postfix.port, sink, args, reuse)
     finally:
         postfix.stop()
         if milter:
@@ -319,6 +334,12 @@ def main() -> None:
     parser.add_argument(
         "--redis", action="store_true", help="also run the gateway on the Redis store"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="also run the gateway and Postfix with each session sending message after "
+        "message (smtp-source -d), as a smarthost client caching connections does",
+    )
     args = parser.parse_args()
     tools = ["smtp-source", "smtp-sink", "postfix", "nsd", "opendkim"]
     for tool in tools + (["redis-server"] if args.redis else []):
@@ -346,6 +367,9 @@ def main() -> None:
                 phases["postfix"] = run_postfix(sink, args)
                 if args.dkim:
                     phases["pf+dkim"] = run_postfix(sink, args, dkim=True)
+                if args.reuse:
+                    phases["gw reuse"] = run_gateway(workdir / f"r{n}", sink, args, reuse=True)
+                    phases["pf reuse"] = run_postfix(sink, args, reuse=True)
                 phases["noop"] = run_noop(args)
                 rounds.append(phases)
         finally:
@@ -382,6 +406,10 @@ def report(rounds: list[dict[str, dict[str, float]]]) -> None:
         if "gw+dkim" in rounds[0]:
             signing = ratio("gw+dkim", "pf+dkim", key)
             print(f"ratio gateway+dkim/postfix+opendkim, {label}{what}: {signing:.2f}")
+    if "gw reuse" in rounds[0]:
+        for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
+            reused = ratio("gw reuse", "pf reuse", key)
+            print(f"ratio gateway/postfix, sessions reused, {label}{what}: {reused:.2f}")
     if "gw+redis" in rounds[0]:
         shared = ratio("gw+redis", "gateway", "e2e_per_s")
         print(f"ratio gateway on Redis/on SQLite, end to end{what}: {shared:.2f}")

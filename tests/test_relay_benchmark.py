@@ -1,6 +1,7 @@
 """The relay benchmark's gateway phases, small: each one relays every message
 smtp-source sends through the gateway into smtp-sink (the sink's count is
-checked), on the embedded store and on Redis, and the summary reports them."""
+checked), on the embedded store, on Redis and with sessions reused, and the
+summary reports them."""
 
 from __future__ import annotations
 
@@ -22,17 +23,21 @@ def test_gateway_phases_relay_every_message_and_are_reported(
         with RedisServer() as redis:
             embedded = bench.run_gateway(tmp_path / "r0", sink, args)
             shared = bench.run_gateway(tmp_path / "r0", sink, args, redis=redis)
-        assert sink.count() == 400  # measure() waited for each phase's 200
+        reused = bench.run_gateway(tmp_path / "r0", sink, args, reuse=True)
+        assert sink.count() == 600  # measure() waited for each phase's 200
     finally:
         sink.stop()
-    for phase in (embedded, shared):
+    for phase in (embedded, shared, reused):
         assert phase["e2e_per_s"] > 0
         assert 0 < phase["p50"] <= phase["p99"]
     # The report's arithmetic, with the gateway standing in for Postfix.
     noop = {"accept_per_s": 2 * embedded["e2e_per_s"], "cpu_ms": 0.0}
-    bench.report([{"gateway": embedded, "gw+redis": shared, "postfix": embedded, "noop": noop}])
+    phases = {"gateway": embedded, "gw+redis": shared, "postfix": embedded, "noop": noop}
+    bench.report([phases | {"gw reuse": reused, "pf reuse": embedded}])
     out = capsys.readouterr().out
     assert "ratio gateway/postfix, end to end: 1.00" in out
     assert "no-op accept/postfix end to end: 2.00" in out
+    ratio = reused["e2e_per_s"] / embedded["e2e_per_s"]
+    assert f"ratio gateway/postfix, sessions reused, end to end: {ratio:.2f}" in out
     ratio = shared["e2e_per_s"] / embedded["e2e_per_s"]
     assert f"ratio gateway on Redis/on SQLite, end to end: {ratio:.2f}" in out
