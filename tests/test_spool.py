@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from gateway import spool_segments
-from gateway.spool import BATCH_BYTES, Envelope, Spool, SpoolError, stored_qids
+from gateway.spool import (
+    BATCH_BYTES,
+    FINISH_LINGER_SECONDS,
+    Envelope,
+    Spool,
+    SpoolError,
+    stored_qids,
+)
 
 
 def body(n: int) -> bytes:
@@ -138,6 +145,36 @@ def test_finishing_goes_in_batches_and_a_sealed_finished_segment_is_removed(
     assert isinstance(results[6], OSError)
     assert segments(tmp_path) == []  # sealed and all done: removed, with its done file
     assert stored_qids(tmp_path) == [trips[0][6][0]]
+
+
+def test_finishes_a_moment_apart_wait_for_each_other_and_share_one_trip(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> list[int]:
+        spool = Spool(tmp_path)
+        envs = [envelope(spool, n) for n in range(4)]
+        for n, env in enumerate(envs):
+            await spool.store(env, body(n))
+        trips: list[int] = []
+        finish = spool._finish
+
+        def counted(batch: list[tuple[str, str | None]]) -> list[Exception | None]:
+            trips.append(len(batch))
+            return finish(batch)
+
+        spool._finishes._work = counted
+
+        async def finish_after(qid: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await spool.finish(qid)
+
+        gap = 0.002  # four of them within one linger
+        assert 3 * gap < FINISH_LINGER_SECONDS
+        await asyncio.gather(*(finish_after(e.qid, n * gap) for n, e in enumerate(envs)))
+        spool.close()
+        return trips
+
+    assert asyncio.run(scenario()) == [4]
 
 
 def test_recovery_replays_the_journal_of_a_message_moved_to_its_own_file(

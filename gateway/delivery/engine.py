@@ -973,7 +973,7 @@ class DeliveryEngine:
         failures: list[tuple[dict[str, object], Failure]] = []
         retry_at: float | None = None
         retry: list[int] = []
-        outcomes_for_plugins: list[Delivery] = []
+        deliveries: list[Delivery] = []
         logged: list[tuple[str, dict[str, Any]]] = []  # log lines and accounting entries,
         accounted: list[dict[str, Any]] = []  # written once the outcomes are recorded
         for o in outcomes:
@@ -1058,7 +1058,7 @@ class DeliveryEngine:
                     next_attempt=record.get("n"),
                 )
             )
-            outcomes_for_plugins.append(
+            deliveries.append(
                 Delivery(
                     qid=env.qid,
                     sender=env.sender,
@@ -1084,6 +1084,27 @@ class DeliveryEngine:
                 record["dsn"] = dsn_qid
         for record in records:
             message.apply(record)
+        if message.done:
+            # Its removal and log lines need not hold up the session: the
+            # next message goes out meanwhile (and removals batch up).
+            self._spawn(self._record(message, records, logged, accounted, deliveries), "finish")
+        else:
+            await self._record(message, records, logged, accounted, deliveries)
+        if retry and retry_at is not None:
+            self._scheduler.add(Job(env.qid, domain, retry, env.tenant, env.campaign), retry_at)
+            self._wake.set()
+
+    async def _record(
+        self,
+        message: SpooledMessage,
+        records: list[dict[str, object]],
+        logged: list[tuple[str, dict[str, Any]]],
+        accounted: list[dict[str, Any]],
+        deliveries: list[Delivery],
+    ) -> None:
+        """Outcomes made durable (the message removed once done), then logged,
+        accounted and told to the plugins."""
+        env = message.envelope
         try:
             if message.done:  # removing it durably records every outcome at once
                 await self._spool.finish(env.qid)
@@ -1099,13 +1120,10 @@ class DeliveryEngine:
             event(kind, logging.DEBUG if kind == "delivered" else logging.WARNING, **fields)
         for entry in accounted:
             account(**entry)
-        self._tell_plugins(outcomes_for_plugins)
-        if retry and retry_at is not None:
-            self._scheduler.add(Job(env.qid, domain, retry, env.tenant, env.campaign), retry_at)
-            self._wake.set()
+        self._tell_plugins(deliveries)
         if message.done:
             self._messages.pop(env.qid, None)
-            seconds = round(now - env.received_at, 3)
+            seconds = round(time.time() - env.received_at, 3)
             event("finished", logging.DEBUG, qid=env.qid, seconds_in_queue=seconds)
 
     def _classify(self, kind: str, status: str, reply: str) -> str:
