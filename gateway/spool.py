@@ -61,6 +61,7 @@ T = TypeVar("T")
 Status = Literal["pending", "delivered", "bounced", "expired"]
 FINAL: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
 SYNC_READ_BYTES = 256 * 1024
+READ_FDS = 64  # segments kept open for reading on the loop's thread
 BATCH_BYTES = 256 * 1024  # larger messages are stored on their own
 # Finished messages wait this long for others to share their done-file sync:
 # a trip to an I/O thread costs ~75 us of CPU on this project's VM, and no
@@ -244,6 +245,13 @@ class _Batches(Generic[T]):
             self._send()  # what arrived meanwhile
 
 
+def _pread_record(fd: int, sid: str, offset: int, length: int) -> bytes:
+    raw = os.pread(fd, length, offset)
+    if len(raw) != length:
+        raise OSError(errno.EIO, f"segment {sid} ends before its record at {offset}")
+    return raw
+
+
 def _spool_error(qid: str, exc: OSError) -> SpoolError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return SpoolError(f"cannot store {qid}: {exc.strerror or exc}", full)
@@ -302,10 +310,13 @@ class Spool:
         self._idle_check: asyncio.TimerHandle | None = None
         self._sealing: asyncio.Future[Any] | None = None
         self._relocating: dict[str, asyncio.Future[None]] = {}
+        self._read_fds: dict[str, int] = {}  # segment: descriptor, for reading on the loop
 
     def close(self) -> None:
         if self._idle_check is not None:
             self._idle_check.cancel()
+        for sid in list(self._read_fds):
+            self._close_read_fd(sid)
         self._pool.shutdown(wait=True)
         self._writer.seal()
         self._dirsync.close()
@@ -562,6 +573,7 @@ class Spool:
         for sid in removed:
             self._segs.pop(sid, None)
             self._writer.opened.discard(sid)
+            self._close_read_fd(sid)
         return [m for m in found if m.location and self.adopt(m.qid, m.location)]
 
     def _collect(self, segments: list[_Segment]) -> tuple[list[str], list[SpooledMessage]]:
@@ -607,7 +619,7 @@ class Spool:
         if sid is not None:
             offset, length = self._segs[sid].live[qid]
             if length <= SYNC_READ_BYTES:
-                raw = self._pread(sid, offset, length)
+                raw = self._pread_cached(sid, offset, length)
             else:
                 loop = asyncio.get_running_loop()
                 raw = await loop.run_in_executor(self._pool, self._pread, sid, offset, length)
@@ -619,12 +631,24 @@ class Spool:
     def _pread(self, sid: str, offset: int, length: int) -> bytes:
         fd = os.open(self.segments / f"{sid}.seg", os.O_RDONLY)
         try:
-            raw = os.pread(fd, length, offset)
+            return _pread_record(fd, sid, offset, length)
         finally:
             os.close(fd)
-        if len(raw) != length:
-            raise OSError(errno.EIO, f"segment {sid} ends before its record at {offset}")
-        return raw
+
+    def _pread_cached(self, sid: str, offset: int, length: int) -> bytes:
+        """_pread on the loop's thread with the segment kept open: messages
+        are read one after another from the few segments being written."""
+        fd = self._read_fds.get(sid)
+        if fd is None:
+            if len(self._read_fds) >= READ_FDS:
+                self._close_read_fd(next(iter(self._read_fds)))
+            fd = self._read_fds[sid] = os.open(self.segments / f"{sid}.seg", os.O_RDONLY)
+        return _pread_record(fd, sid, offset, length)
+
+    def _close_read_fd(self, sid: str) -> None:
+        fd = self._read_fds.pop(sid, None)
+        if fd is not None:
+            os.close(fd)
 
     def _read_body(self, qid: str) -> bytes:
         raw = (self.queue / qid).read_bytes()
