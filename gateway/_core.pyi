@@ -274,3 +274,19 @@ class SchedulerQueues:
     def next_due(self) -> float | None: ...
     def memory_per_message(self) -> int:
         """Bytes held per queued message."""
+
+@final
+class SyncWriter:
+    """Appends and fdatasyncs on a thread of its own that never takes the GIL;
+    results are read once `fileno()` is readable (`loop.add_reader`)."""
+
+    def __new__(cls) -> SyncWriter: ...
+    def fileno(self) -> int:
+        """The descriptor to watch for readability."""
+    def submit(self, ticket: int, path: str, data: bytes, sync_dir: str | None = None) -> None:
+        """Queue `data` appended to the existing file `path` and synced, after
+        an fsync of the directory `sync_dir` when given."""
+    def completed(self) -> list[tuple[int, int]]:
+        """The jobs done since the last call: (ticket, errno), 0 for success."""
+    def close(self) -> None:
+        """Finish the queued jobs and stop the thread."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import os
 import threading
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -44,6 +46,7 @@ from gateway import _core
 from gateway.log import event
 from gateway.spool_segments import (
     IDLE_SEAL_SECONDS,
+    Append,
     Record,
     SegmentWriter,
     ends_sealed,
@@ -175,20 +178,20 @@ class _GroupSync:
         os.close(self._fd)
 
 
-class _Batches(Generic[T]):
-    """Items handed to `work` on an I/O thread in batches: while one batch is
-    on its way, the items that arrive wait and go together in the next. Each
-    trip wakes a thread and then the event loop, which costs more than the
-    file operations of a small message; under load a batch costs what one
-    item did. `work` returns a result per item, an Exception for a failure.
-    The trip is a pool task that calls back into the loop: no asyncio future
-    wrapped around it and no task draining, it runs once per message."""
+# How a batch travels: carry(items, done) does the items' work somewhere and
+# calls done(results) on the loop's thread, a result per item (an Exception
+# for a failure).
+Carrier = Callable[[list[Any], Callable[[list[Any]], None]], None]
 
-    def __init__(
-        self, pool: ThreadPoolExecutor, work: Callable[[list[T]], list[Any]], linger: float = 0.0
-    ) -> None:
-        self._pool = pool
-        self._work = work
+
+class _Batches(Generic[T]):
+    """Items carried in batches: while one batch is on its way, the items that
+    arrive wait and go together in the next. Each trip wakes a thread and then
+    the event loop, which costs more than the file operations of a small
+    message; under load a batch costs what one item did."""
+
+    def __init__(self, carry: Carrier, linger: float = 0.0) -> None:
+        self._carry = carry
         self._linger = linger  # seconds the first item of a batch waits for more
         self._waiting: list[tuple[T, asyncio.Future[Any]]] = []
         self._busy = False  # a batch is on its way, or about to be sent
@@ -211,25 +214,15 @@ class _Batches(Generic[T]):
             loop.call_soon(self._send)  # what else arrives this turn goes too
 
     def _send(self) -> None:
-        """In the loop: the waiting items to an I/O thread, if there are any."""
+        """In the loop: the waiting items on their way, if there are any."""
         batch, self._waiting = self._waiting, []
         if not batch:
             self._busy = False
             return
         try:
-            self._pool.submit(self._carry, asyncio.get_running_loop(), batch)
+            self._carry([item for item, _ in batch], partial(self._finished, batch))
         except RuntimeError as exc:  # the I/O threads are gone (shutting down)
             self._finished(batch, [exc] * len(batch))
-
-    def _carry(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[T, Any]]) -> None:
-        """On an I/O thread: the work, then its results back to the loop."""
-        results: list[Any]
-        try:
-            results = self._work([item for item, _ in batch])
-        except Exception as exc:
-            results = [exc] * len(batch)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(self._finished, batch, results)
 
     def _finished(self, batch: list[tuple[T, Any]], results: list[Any]) -> None:
         for (_, done), result in zip(batch, results, strict=True):
@@ -243,6 +236,64 @@ class _Batches(Generic[T]):
             self._next(asyncio.get_running_loop())
         else:
             self._send()  # what arrived meanwhile
+
+
+def on_pool(pool: ThreadPoolExecutor, work: Callable[[list[Any]], list[Any]]) -> Carrier:
+    """A carrier that runs `work` on one of `pool`'s threads: a pool task that
+    calls back into the loop (no asyncio future wrapped around it)."""
+
+    def carry(items: list[Any], done: Callable[[list[Any]], None]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def trip() -> None:
+            results: list[Any]
+            try:
+                results = work(items)
+            except Exception as exc:
+                results = [exc] * len(items)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done, results)
+
+        pool.submit(trip)
+
+    return carry
+
+
+class _SyncJobs:
+    """Appends and syncs on `_core.SyncWriter`'s thread, which never takes the
+    GIL (a Python thread did: 4-6 thread switches per batch, ~75 us of CPU
+    here); their results come back through a socket the loop watches."""
+
+    def __init__(self) -> None:
+        self._writer: _core.SyncWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._then: dict[int, Callable[[int], None]] = {}
+        self._tickets = itertools.count()
+
+    def submit(self, batch: Append, sync_dir: Path | None, then: Callable[[int], None]) -> None:
+        """`batch` appended and synced (`sync_dir` first); then(errno), 0 for
+        success, on the loop's thread."""
+        if self._writer is None:
+            self._writer = _core.SyncWriter()
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._writer.fileno(), self._collect)
+        ticket = next(self._tickets)
+        self._then[ticket] = then
+        directory = str(sync_dir) if sync_dir is not None else None
+        self._writer.submit(ticket, str(batch.path), batch.data, directory)
+
+    def _collect(self) -> None:
+        assert self._writer is not None
+        for ticket, error in self._writer.completed():
+            self._then.pop(ticket)(error)
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._writer.fileno())
+        self._writer.close()
+        self._writer = None
 
 
 def _pread_record(fd: int, sid: str, offset: int, length: int) -> bytes:
@@ -297,12 +348,13 @@ class Spool:
         self._segment_sync = _GroupSync(self.segments)
         self._writer = SegmentWriter(self.segments, self._segment_sync.sync, track=owner)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="spool")
+        self._sync_jobs = _SyncJobs()
         self._stores: _Batches[tuple[Envelope, bytes] | None] = _Batches(
-            self._pool, self._store_batch
+            self._carry_stores
         )  # group commit; None asks to seal an idle segment
         # Nobody waits for a finish but the outcome's log line: larger batches.
         self._finishes: _Batches[tuple[str, str | None]] = _Batches(
-            self._pool, self._finish, FINISH_LINGER_SECONDS
+            on_pool(self._pool, self._finish), FINISH_LINGER_SECONDS
         )
         self._owner = owner
         self._segs: dict[str, _Segment] = {}
@@ -317,6 +369,7 @@ class Spool:
             self._idle_check.cancel()
         for sid in list(self._read_fds):
             self._close_read_fd(sid)
+        self._sync_jobs.close()
         self._pool.shutdown(wait=True)
         self._writer.seal()
         self._dirsync.close()
@@ -363,26 +416,51 @@ class Spool:
             loop = asyncio.get_running_loop()  # still in use: look again later
             self._idle_check = loop.call_later(IDLE_SEAL_SECONDS, self._seal_if_idle)
 
-    def _store_batch(self, batch: list[tuple[Envelope, bytes] | None]) -> list[Any]:
+    def _carry_stores(
+        self, batch: list[tuple[Envelope, bytes] | None], done: Callable[[list[Any]], None]
+    ) -> None:
+        """A store batch placed in the segment here, appended and synced on the
+        sync writer's thread. A None item asks to seal an idle segment: its
+        result, whether the segment is still open after."""
         items = [(i, item) for i, item in enumerate(batch) if item is not None]
-        if not items:  # seal requests: whether the segment is still open after
+        if not items:
             if time.monotonic() - self._writer.last_write >= IDLE_SEAL_SECONDS:
                 self._writer.seal()
-            return [self._writer.is_open] * len(batch)
-        results: list[Any] = [True] * len(batch)
+            done([self._writer.is_open] * len(batch))
+            return
         payloads = [_header(envelope) + data for _, (envelope, data) in items]
         records = [
             record_bytes(envelope.qid, payload)
             for (_, (envelope, _)), payload in zip(items, payloads, strict=True)
         ]
+        results: list[Any] = [True] * len(batch)
         try:
-            offsets = self._writer.append(items[0][1][0].qid, records)
+            placed = self._writer.prepare(items[0][1][0].qid, records)
         except OSError as exc:
-            for i, (envelope, _) in items:
-                results[i] = _spool_error(envelope.qid, exc)
-            return results
-        for (i, _), offset, record, payload in zip(items, offsets, records, payloads, strict=True):
-            results[i] = (self._writer.sid, offset + len(record) - len(payload), len(payload))
+            done(self._store_errors(results, items, exc))
+            return
+        sid = self._writer.sid
+
+        def written(error: int) -> None:
+            if error:
+                self._writer.failed(placed)
+                done(self._store_errors(results, items, OSError(error, os.strerror(error))))
+                return
+            self._writer.committed(placed)
+            for (i, _), offset, record, payload in zip(
+                items, placed.offsets, records, payloads, strict=True
+            ):
+                results[i] = (sid, offset + len(record) - len(payload), len(payload))
+            done(results)
+
+        self._sync_jobs.submit(placed, self.segments if placed.new_segment else None, written)
+
+    @staticmethod
+    def _store_errors(
+        results: list[Any], items: list[tuple[int, tuple[Envelope, bytes]]], exc: OSError
+    ) -> list[Any]:
+        for i, (envelope, _) in items:
+            results[i] = _spool_error(envelope.qid, exc)
         return results
 
     def _store(self, envelope: Envelope, data: bytes) -> None:

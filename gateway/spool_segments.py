@@ -148,6 +148,18 @@ def writer_alive(sid: str) -> bool:
     return True
 
 
+@dataclass
+class Append:
+    """A batch of records placed in a segment, to be written and synced."""
+
+    path: Path  # the segment
+    data: bytes
+    start: int  # where the batch starts in the segment
+    end: int
+    offsets: list[int]  # of each record
+    new_segment: bool  # its first batch: the directory must be synced too
+
+
 def segment_files(directory: Path) -> Iterator[Path]:
     return (p for p in sorted(directory.iterdir()) if p.suffix == ".seg")
 
@@ -157,8 +169,9 @@ def segment_names(directory: Path) -> list[str]:
 
 
 class SegmentWriter:
-    """This process's current segment. Used from one thread at a time (the
-    spool's store batches run one after another)."""
+    """This process's current segment. Batches are placed one after another
+    (`prepare`, then `committed` or `failed`), on the loop's thread; the
+    spool's sync writer writes them (`append` does all in the caller's thread)."""
 
     def __init__(
         self, directory: Path, sync_directory: Callable[[], None], track: bool = True
@@ -181,41 +194,57 @@ class SegmentWriter:
         """Write `records` at the end of the segment and sync them; the offset
         of each in the file. On failure nothing of the batch is kept and the
         segment is left for a new one."""
+        batch = self.prepare(first_qid, records)
+        assert self._fd is not None
+        try:
+            if batch.new_segment:
+                self._sync_dir()
+            write_all(self._fd, batch.data)
+            os.fdatasync(self._fd)
+        except OSError:
+            self.failed(batch)
+            raise
+        self.committed(batch)
+        return batch.offsets
+
+    def prepare(self, first_qid: str, records: list[bytes]) -> Append:
+        """`records` placed at the end of the segment (a new one when the
+        current one is full or old), for the caller to write and sync, then
+        to report `committed` or `failed`; one batch at a time."""
         now = time.monotonic()
         if self._fd is not None and (
             self._size >= SEGMENT_BYTES or now - self._opened >= SEGMENT_SECONDS
         ):
             self.seal()
-        if self._fd is None:
+        new_segment = self._fd is None
+        if new_segment:
             self._open(first_qid, now)
-        assert self._fd is not None
         start = self._size
         offsets = []
         pos = start
         for record in records:
             offsets.append(pos)
             pos += len(record)
-        try:
-            write_all(self._fd, b"".join(records))
-            os.fdatasync(self._fd)
-        except OSError:
-            self._abandon(start)
-            raise
-        self._size = pos
-        self.last_write = now
-        return offsets
+        path = self._dir / f"{self.sid}.seg"
+        return Append(path, b"".join(records), start, pos, offsets, new_segment)
+
+    def committed(self, batch: Append) -> None:
+        self._size = batch.end
+        self.last_write = time.monotonic()
+
+    def failed(self, batch: Append) -> None:
+        """Cut what the batch left, so no torn record precedes later ones,
+        and stop writing to this segment."""
+        if self._fd is not None:
+            self._abandon(batch.start)
 
     def _open(self, first_qid: str, now: float) -> None:
+        """A new segment; its directory entry is synced with its first batch
+        (`Append.new_segment`), before that batch counts as stored."""
         sid = f"{first_qid}-{os.getpid()}"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL  # after a cut, at its end
-        fd = os.open(self._dir / f"{sid}.seg", flags, 0o600)
-        try:
-            self._sync_dir()
-        except OSError:
-            os.close(fd)
-            (self._dir / f"{sid}.seg").unlink(missing_ok=True)
-            raise
-        self._fd, self.sid, self._size, self._opened = fd, sid, 0, now
+        self._fd = os.open(self._dir / f"{sid}.seg", flags, 0o600)
+        self.sid, self._size, self._opened = sid, 0, now
         if self._track:
             self.opened.add(sid)
 
@@ -233,8 +262,6 @@ class SegmentWriter:
             self._fd = None
 
     def _abandon(self, start: int) -> None:
-        # Cut what the failed batch left, so no torn record precedes later
-        # ones, and stop writing here.
         assert self._fd is not None
         try:
             os.ftruncate(self._fd, start)

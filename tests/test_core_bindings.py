@@ -1,11 +1,15 @@
 """The Rust extension seen from Python: the parsed view, lint and fix-up,
-DKIM signers and their errors. Signatures are checked with dkimpy."""
+DKIM signers and their errors (signatures are checked with dkimpy), and the
+spool's sync writer."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import errno
+import select
 import sysconfig
+import time
 from pathlib import Path
 
 import dkim
@@ -181,3 +185,28 @@ def test_signer_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(_core.DkimSignError, match="no From header"):
         signer.sign(b"X-Other: 1\r\n\r\nbody\r\n")
     assert issubclass(_core.CoreError, RuntimeError)
+
+
+def _completed(writer: _core.SyncWriter, count: int) -> list[tuple[int, int]]:
+    """The next `count` results, waiting for the writer's socket as a loop would."""
+    done: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 5
+    while len(done) < count and time.monotonic() < deadline:
+        select.select([writer.fileno()], [], [], 0.5)
+        done += writer.completed()
+    return done
+
+
+def test_the_sync_writer_appends_in_order_and_reports_errors(tmp_path: Path) -> None:
+    segment = tmp_path / "a.seg"
+    segment.write_bytes(b"head:")
+    writer = _core.SyncWriter()
+    writer.submit(1, str(segment), b"one,", str(tmp_path))
+    writer.submit(2, str(segment), b"two")
+    writer.submit(3, str(tmp_path / "missing.seg"), b"lost")  # appends, never creates
+    assert _completed(writer, 3) == [(1, 0), (2, 0), (3, errno.ENOENT)]
+    assert segment.read_bytes() == b"head:one,two"
+    assert not (tmp_path / "missing.seg").exists()
+    writer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(4, str(segment), b"late")

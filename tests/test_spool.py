@@ -6,9 +6,10 @@ directory; the end-to-end crash tests are in test_crash_safety.py."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from gateway.spool import (
     Envelope,
     Spool,
     SpoolError,
+    on_pool,
     stored_qids,
 )
+from gateway.spool_segments import Append
 
 
 def body(n: int) -> bytes:
@@ -41,24 +44,24 @@ def segments(root: Path) -> list[str]:
 def test_group_commit_stores_waiting_messages_together_in_one_segment(tmp_path: Path) -> None:
     async def scenario(spool: Spool) -> tuple[list[Any], list[int], list[str]]:
         trips: list[int] = []
-        first_trip_may_end = threading.Event()
-        first_trip_began = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        store_batch = spool._store_batch
+        first_trip_ended = asyncio.get_running_loop().create_future()
+        carry = spool._stores._carry
 
-        def counted(batch: list[tuple[Envelope, bytes] | None]) -> list[Any]:
-            trips.append(len(batch))
-            loop.call_soon_threadsafe(first_trip_began.set)
-            first_trip_may_end.wait(5)
-            return store_batch(batch)
+        def counted(items: list[Any], done: Callable[[list[Any]], None]) -> None:
+            trips.append(len(items))
+            # The first trip's results are held back: it stays on its way.
+            carry(items, first_trip_ended.set_result if len(trips) == 1 else done)
+            if len(trips) == 1:
+                held.append(done)
 
-        spool._stores._work = counted
+        held: list[Callable[[list[Any]], None]] = []
+        spool._stores._carry = counted
         envs = [envelope(spool, n) for n in range(9)]
         first = asyncio.ensure_future(spool.store(envs[0], body(0)))
-        await asyncio.wait_for(first_trip_began.wait(), 5)  # the first is on its way to disk
+        results_of_first = await asyncio.wait_for(first_trip_ended, 5)  # written and synced
         rest = [asyncio.ensure_future(spool.store(e, body(n))) for n, e in enumerate(envs) if n]
         await asyncio.sleep(0.05)
-        first_trip_may_end.set()
+        held[0](results_of_first)
         results = await asyncio.gather(first, *rest, return_exceptions=True)
         bodies = [await spool.read_body(e.qid, e.size) for e in envs]
         assert bodies == [body(n) for n in range(9)]
@@ -81,10 +84,13 @@ def test_a_failed_write_refuses_its_batch_keeps_none_of_it_and_moves_on(
         assert first is not None
         size = (tmp_path / "segments" / f"{first[0]}.seg").stat().st_size
 
-        def broken(fd: int) -> None:
-            raise OSError(28, "No space left on device")
+        def torn(batch: Append, sync_dir: Path | None, then: Callable[[int], None]) -> None:
+            # Half the batch reaches the file, then the disk is full.
+            with batch.path.open("ab") as segment:
+                segment.write(batch.data[: len(batch.data) // 2])
+            asyncio.get_running_loop().call_soon(then, errno.ENOSPC)
 
-        monkeypatch.setattr(os, "fdatasync", broken)
+        monkeypatch.setattr(spool._sync_jobs, "submit", torn)
         refused = envelope(spool, 2)
         with pytest.raises(SpoolError) as failed:
             await spool.store(refused, body(2))
@@ -127,7 +133,7 @@ def test_finishing_goes_in_batches_and_a_sealed_finished_segment_is_removed(
             trips.append(list(batch))
             return finish(batch)
 
-        spool._finishes._work = counted
+        spool._finishes._carry = on_pool(spool._pool, counted)
         qids = [e.qid for e in [*envs, big, broken]]
         results = await asyncio.gather(*(spool.finish(q) for q in qids), return_exceptions=True)
         assert await spool.collect() == []
@@ -162,7 +168,7 @@ def test_finishes_a_moment_apart_wait_for_each_other_and_share_one_trip(
             trips.append(len(batch))
             return finish(batch)
 
-        spool._finishes._work = counted
+        spool._finishes._carry = on_pool(spool._pool, counted)
 
         async def finish_after(qid: str, delay: float) -> None:
             await asyncio.sleep(delay)

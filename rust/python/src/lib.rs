@@ -9,6 +9,7 @@ mod errors;
 mod prepare;
 mod scan;
 mod scheduler;
+mod sync_writer;
 mod view;
 
 use pyo3::prelude::*;
@@ -36,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<scheduler::RateLimiter>()?;
     m.add_class::<scheduler::EventWindow>()?;
     m.add_class::<scheduler::AdaptiveLimit>()?;
+    m.add_class::<sync_writer::SyncWriter>()?;
     m.add_function(wrap_pyfunction!(scan::scan_message, m)?)?;
     m.add_function(wrap_pyfunction!(scan::new_queue_id, m)?)?;
     m.add_function(wrap_pyfunction!(scan::dot_stuff, m)?)?;
