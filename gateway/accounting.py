@@ -31,6 +31,11 @@ CURRENT = "accounting.jsonl"
 FLUSH_SECONDS = 0.2
 
 
+# One encoder for every record: json.dumps with options builds one per call
+# (6 rather than 10 us a record here, two records a message).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 class AccountingLog:
     def __init__(self, config: AccountingConfig, directory: Path) -> None:
         self._config = config
@@ -72,7 +77,7 @@ class AccountingLog:
     def write(self, kind: str, fields: dict[str, Any]) -> None:
         now = time.time()
         record = {"type": kind, "time_logged": round(now, 3), **fields}
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        line = _ENCODER.encode(record)
         with self._lock:
             self._rotate_if_due(now)
             assert self._file is not None

@@ -71,6 +71,8 @@ BATCH_BYTES = 256 * 1024  # larger messages are stored on their own
 # client waits for a finish (delivery does not: DeliveryEngine._complete).
 FINISH_LINGER_SECONDS = 0.01
 Location = tuple[str, int, int]  # segment, offset and length of the spooled form
+# One encoder for every envelope: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class SpoolError(Exception):
@@ -100,7 +102,7 @@ class Envelope:
     message_id: str = ""
 
     def to_json(self) -> bytes:
-        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODER.encode(self.__dict__).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:
