@@ -218,6 +218,8 @@ class DeliveryConfig(_Section):
     # An idle connection waits this long for more mail to its site before QUIT.
     idle_timeout: Duration = 1.0
     starttls: Literal["opportunistic", "disabled"] = "opportunistic"
+    # A message's data end goes in one write with the next message's commands.
+    pipeline_data_end: bool = True
     # CA certificates (PEM) that MX and MTA-STS policy hosts' certificates are
     # checked against where a policy demands it; absent: the system's.
     ca_file: Path | None = None

@@ -118,3 +118,99 @@ def test_replies_before_starttls_took_effect_are_dropped() -> None:
     assert not reader.replies
     reader.data_received(b"250 real\r\n")
     assert str(reader.replies.popleft()) == "250 real"
+
+
+async def _first_transaction_to_data(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Greeting, EHLO with PIPELINING, and MAIL, RCPT and DATA answered with 354."""
+    writer.write(b"220 mx\r\n")
+    await reader.readline()
+    writer.write(b"250-mx\r\n250 PIPELINING\r\n")
+    await _lines(reader, 3)
+    writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+
+
+def _pipelining_mx(after_first_end: bytes) -> Script:
+    """An MX that checks the first message's end and the second's commands
+    come in one write, then answers `after_first_end` (or hangs up if empty)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _first_transaction_to_data(reader, writer)
+        chunk = await reader.read(65536)
+        if not chunk.endswith(b"\r\n.\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<c@r.test>\r\nDATA\r\n"):
+            writer.write(b"421 the end and the next commands came apart\r\n")
+        if not after_first_end:
+            writer.close()
+            return
+        writer.write(after_first_end)
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"250 2.0.0 queued as 2\r\n")
+        await reader.readline()  # QUIT
+        writer.write(b"221 bye\r\n")
+        writer.close()
+
+    return script
+
+
+def test_a_held_end_of_data_goes_with_the_next_transaction() -> None:
+    async def client(port: int) -> tuple[str, str]:
+        conn = await SmtpConnection.open("127.0.0.1", port, helo="gw.test", timeouts=FAST)
+        release = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(
+            conn.send("a@s.test", ["b@r.test"], b"one\r\n", release=release)
+        )
+        await release  # the connection may take the next transaction: the first waits
+        assert not first.done()
+        second = await conn.send("a@s.test", ["c@r.test"], b"two\r\n")
+        await conn.quit()
+        return str((await first).data), str(second.data)
+
+    replies = b"250 2.0.0 queued as 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"
+    assert run_against(_pipelining_mx(replies), client) == (
+        "250 2.0.0 queued as 1",
+        "250 2.0.0 queued as 2",
+    )
+
+
+def test_a_connection_lost_with_a_held_end_fails_both_transactions() -> None:
+    async def client(port: int) -> list[str]:
+        conn = await SmtpConnection.open("127.0.0.1", port, helo="gw.test", timeouts=FAST)
+        release = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(
+            conn.send("a@s.test", ["b@r.test"], b"one\r\n", release=release)
+        )
+        await release
+        errors = []
+        for attempt in (conn.send("a@s.test", ["c@r.test"], b"two\r\n"), first):
+            with pytest.raises(SmtpError) as raised:
+                await attempt
+            errors.append(str(raised.value))
+        conn.abort()
+        return errors
+
+    errors = run_against(_pipelining_mx(b""), client)
+    assert all("connection to 127.0.0.1 lost" in e for e in errors)
+
+
+def test_flush_sends_a_held_end_and_hands_its_reply_to_the_sender() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _first_transaction_to_data(reader, writer)
+        await reader.readuntil(b"\r\n.\r\n")
+        writer.write(b"550 5.7.1 content refused\r\n")
+        await reader.readline()
+        writer.write(b"221 bye\r\n")
+
+    async def client(port: int) -> str:
+        conn = await SmtpConnection.open("127.0.0.1", port, helo="gw.test", timeouts=FAST)
+        release = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(
+            conn.send("a@s.test", ["b@r.test"], b"one\r\n", release=release)
+        )
+        await release
+        await conn.flush()
+        result = await first
+        await conn.quit()
+        return str(result.data)
+
+    assert run_against(script, client) == "550 5.7.1 content refused"

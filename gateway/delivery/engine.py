@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from gateway._core import RateLimiter
@@ -724,6 +725,7 @@ class DeliveryEngine:
         try:
             while not conn.broken and not self._stopping and sent < per_connection:
                 if not queue:
+                    await conn.flush()  # a held end of data goes now
                     if await self._more_mail(site, pool):
                         continue
                     break
@@ -738,6 +740,7 @@ class DeliveryEngine:
                     self._wait(lane, now + wait, why)
                     break
                 if wait:
+                    await conn.flush()
                     await asyncio.sleep(wait)
                     continue
                 await self._fleet_connection(
@@ -752,7 +755,11 @@ class DeliveryEngine:
                 self._message_rate(lane, now).try_take(now)
                 self.sources.take_cap(source.name, rules.provider, now)
                 self._take_label_rates(site, job, now)
-                await self._deliver(conn, host, job, site)
+                if queue and self._config.delivery.pipeline_data_end:
+                    # More to send: this one's data end may go with the next's commands.
+                    await self._deliver_pipelined(conn, host, job, site)
+                else:
+                    await self._deliver(conn, host, job, site)
                 sent += 1
         finally:
             await conn.quit()
@@ -890,7 +897,34 @@ class DeliveryEngine:
             and message.recipients[i].next_attempt <= soon
         ]
 
-    async def _deliver(self, conn: SmtpConnection, host: MxHost, job: Job, site: str) -> None:
+    async def _deliver_pipelined(
+        self, conn: SmtpConnection, host: MxHost, job: Job, site: str
+    ) -> None:
+        """_deliver in a task of its own, returning as soon as the connection
+        can take the next transaction: the end of this message's data then
+        goes in one write with the next one's commands (SmtpConnection.send)."""
+        release = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._deliver(conn, host, job, site, release), name="deliver")
+        self._tasks.add(task)
+        task.add_done_callback(partial(self._delivered, release))
+        await release
+
+    def _delivered(self, release: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not release.done():
+            release.set_result(None)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            event("delivery_session_error", logging.ERROR, error=repr(error))
+
+    async def _deliver(
+        self,
+        conn: SmtpConnection,
+        host: MxHost,
+        job: Job,
+        site: str,
+        release: asyncio.Future[None] | None = None,
+    ) -> None:
         message = self._messages.get(job.qid)
         if message is None:
             return
@@ -900,7 +934,7 @@ class DeliveryEngine:
         trying = {(job.qid, i) for i in indices}
         self._inflight |= trying
         try:
-            await self._attempt(conn, host, job, site, message, indices)
+            await self._attempt(conn, host, job, site, message, indices, release)
         finally:
             self._inflight -= trying
 
@@ -912,7 +946,10 @@ class DeliveryEngine:
         site: str,
         message: SpooledMessage,
         indices: list[int],
+        release: asyncio.Future[None] | None = None,
     ) -> None:
+        """Sends the message to `indices`; `release`: see SmtpConnection.send
+        (only its last transaction's end is held, with VERP)."""
         env = message.envelope
         try:
             body = await self._spool.read_body(job.qid, env.size)
@@ -934,6 +971,7 @@ class DeliveryEngine:
                     body,
                     smtputf8=env.smtputf8,
                     body_8bit=env.body_8bit,
+                    release=release if batch is batches[-1] else None,
                 )
             except SmtpError as exc:
                 outcomes += [Outcome(i, "deferred", "4.4.2", str(exc), host.name) for i in batch]

@@ -23,6 +23,8 @@ from gateway.config import DeliveryTimeouts
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+# Messages up to this size may have their end held for the next write (`send`).
+DEFERRED_END_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,14 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+@dataclass
+class _HeldEnd:
+    """A message's data and end, held back to go with the next transaction."""
+
+    data: bytes
+    final: asyncio.Future[Reply]  # its reply, for the transaction's sender
+
+
 class SmtpConnection:
     def __init__(
         self,
@@ -230,6 +240,7 @@ class SmtpConnection:
         self.tls = False
         self.broken = False
         self.source = ""  # name of the egress source it is bound to, if any
+        self._held: _HeldEnd | None = None  # data and end held for the next write
 
     @classmethod
     async def open(
@@ -350,8 +361,16 @@ class SmtpConnection:
         *,
         smtputf8: bool = False,
         body_8bit: bool = False,
+        release: asyncio.Future[None] | None = None,
     ) -> SendResult:
-        """One transaction. Pipelines MAIL and RCPTs when the server offers it."""
+        """One transaction. Pipelines MAIL and RCPTs when the server offers it.
+
+        With `release`, a server that pipelines and a message of at most
+        DEFERRED_END_BYTES, the data and its end are held back to go in one
+        write with the next transaction's MAIL/RCPT/DATA (RFC 2920: message
+        content may start a group), or with `flush()`: `release` is set as
+        soon as the connection can take the next transaction, and this
+        returns once the final reply is in."""
         t = self._timeouts
         mail = f"MAIL FROM:<{sender}>"
         if body_8bit and "8BITMIME" in self.extensions:
@@ -364,12 +383,24 @@ class SmtpConnection:
         data_reply: Reply | None = None
         if "PIPELINING" in self.extensions:
             # RFC 2920: DATA may end the group, saving a round trip per message.
-            self._write(b"".join(c.encode("utf-8") + b"\r\n" for c in [*commands, "DATA"]))
-            # The group's replies come together: they get the longest of their
-            # stages' timeouts, one timer rather than one per reply.
-            *replies, data_reply = await self._read_replies(
-                len(commands) + 1, max(t.mail, t.rcpt, t.data_init)
-            )
+            group = b"".join(c.encode("utf-8") + b"\r\n" for c in [*commands, "DATA"])
+            held, self._held = self._held, None
+            try:
+                if held is not None:  # the previous message's data and end first
+                    await self._send_out(held.data + group)
+                else:
+                    self._write(group)
+                # The group's replies come together: they get the longest of their
+                # stages' timeouts, one timer rather than one per reply.
+                waits = (t.mail, t.rcpt, t.data_init, t.data_done if held else 0)
+                replies = await self._read_replies(len(commands) + 1 + bool(held), max(waits))
+            except SmtpError as exc:
+                if held is not None:
+                    held.final.set_exception(SmtpError(str(exc)))
+                raise
+            if held is not None:
+                held.final.set_result(replies.pop(0))
+            *replies, data_reply = replies
         else:
             replies = [await self.command(mail, t.mail)]
             if replies[0].ok:
@@ -391,13 +422,37 @@ class SmtpConnection:
         if reply.code != 354:
             return SendResult(rcpt_replies, reply)
         payload = _core.dot_stuff(data)
-        self._write(payload)
+        if release is not None and data_reply is not None and len(payload) <= DEFERRED_END_BYTES:
+            final: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            self._held = _HeldEnd(payload, final)
+            if not release.done():
+                release.set_result(None)
+            return SendResult(rcpt_replies, await final)
+        await self._send_out(payload)
+        return SendResult(rcpt_replies, await self._read_reply(t.data_done))
+
+    async def flush(self) -> None:
+        """Send a held end of data (see `send`) and read its reply; a failure
+        goes to its sender, and leaves the connection broken."""
+        held, self._held = self._held, None
+        if held is None:
+            return
         try:
-            await self._protocol.drained(t.data_block)
+            await self._send_out(held.data)
+            reply = await self._read_reply(self._timeouts.data_done)
+        except SmtpError as exc:
+            held.final.set_exception(exc)
+            return
+        held.final.set_result(reply)
+
+    async def _send_out(self, data: bytes) -> None:
+        """Write `data`, and wait while the transport's buffer is over its mark."""
+        self._write(data)
+        try:
+            await self._protocol.drained(self._timeouts.data_block)
         except TimeoutError:
             self.broken = True
             raise SmtpError(f"sending data to {self.peer} failed: timeout") from None
-        return SendResult(rcpt_replies, await self._read_reply(t.data_done))
 
     async def rset(self) -> None:
         reply = await self.command("RSET", self._timeouts.mail)
@@ -406,6 +461,7 @@ class SmtpConnection:
 
     async def quit(self) -> None:
         try:
+            await self.flush()
             if not self.broken:
                 await self.command("QUIT", 10)
         except SmtpError:
@@ -416,3 +472,6 @@ class SmtpConnection:
     def abort(self) -> None:
         self.broken = True
         self._transport.close()
+        held, self._held = self._held, None
+        if held is not None:
+            held.final.set_exception(SmtpError(f"connection to {self.peer} closed"))
