@@ -20,6 +20,7 @@ __all__ = [
     "PreparedMessage",
     "RateLimiter",
     "SchedulerQueues",
+    "SyncWriter",
     "__version__",
     "dot_stuff",
     "new_queue_id",
