@@ -75,9 +75,10 @@ class SessionHooks:
     handler it gets is kept this small (one per listener)."""
 
     def __init__(self, policy: object) -> None:
-        for name in dir(type(policy)):
-            if name.startswith("handle_"):
-                setattr(self, name, getattr(policy, name))
+        names = [name for name in dir(type(policy)) if name.startswith("handle_")]
+        for name in names:
+            setattr(self, name, getattr(policy, name))
+        self.aiosmtpd_names = tuple(names)  # what aiosmtpd's dir() sees of it
 
 
 class SessionPolicy(Protocol):
@@ -127,17 +128,37 @@ _PENDING = "pending"
 
 
 class _RateChecked(dict[str, Any]):
-    """aiosmtpd's command table, each command wrapped by the rate check as
-    aiosmtpd looks it up (`get`): a session sends a handful of the twenty
-    commands, so wrapping them all per connection was wasted."""
+    """aiosmtpd's command table (name: bound `smtp_*` method), bound as aiosmtpd
+    looks a command up (`get`) and wrapped by the rate check: a session sends a
+    handful of the twenty commands, so binding and wrapping them all per
+    connection was wasted. Holds the class's functions; `items` binds them
+    all (HELP lists them)."""
 
-    def __init__(self, methods: dict[str, Any], check: Callable[[Any], Any]) -> None:
-        super().__init__(methods)
+    def __init__(
+        self, server: SMTP, functions: dict[str, Any], check: Callable[[Any], Any]
+    ) -> None:
+        super().__init__(functions)
+        self._server = server
         self._check = check
 
     def get(self, name: str, default: Any = None) -> Any:
-        method = super().get(name)
-        return default if method is None else self._check(method)
+        function = super().get(name)
+        return default if function is None else self._check(function.__get__(self._server))
+
+    def items(self) -> Any:
+        return [(name, f.__get__(self._server)) for name, f in super().items()]
+
+
+_commands: dict[type, dict[str, Any]] = {}
+
+
+def _command_functions(cls: type) -> dict[str, Any]:
+    """The `smtp_*` functions of a server class by command name (remembered)."""
+    found = _commands.get(cls)
+    if found is None:
+        names = [n for n in dir(cls) if n.startswith("smtp_")]
+        found = _commands[cls] = {n.removeprefix("smtp_"): getattr(cls, n) for n in names}
+    return found
 
 
 class GatewaySMTP(SMTP):
@@ -146,6 +167,9 @@ class GatewaySMTP(SMTP):
 
     sessions: set[GatewaySMTP] = set()
     per_ip: Counter[str] = Counter()
+    # What aiosmtpd's dir() sees of a session (gateway/aiosmtpd_patches.py):
+    # nothing, so it binds no command per connection; _RateChecked binds on use.
+    aiosmtpd_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -171,7 +195,7 @@ class GatewaySMTP(SMTP):
         self._refilled = time.monotonic()
         self._deadline: asyncio.TimerHandle | None = None
         # Every command passes the rate check first.
-        self._smtp_methods = _RateChecked(self._smtp_methods, self._rate_checked)
+        self._smtp_methods = _RateChecked(self, _command_functions(type(self)), self._rate_checked)
 
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
@@ -429,6 +453,9 @@ def make_server_factory(
     def factory() -> GatewaySMTP:
         return GatewaySMTP(
             policy,
+            # Else aiosmtpd looks the loop up per connection under
+            # warnings.catch_warnings().
+            loop=asyncio.get_running_loop(),
             hooks=hooks,
             limits=limits,
             implicit_tls=implicit_tls,

@@ -14,11 +14,12 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from gateway import _core, aiosmtpd_patches, hookimpl
+from gateway.auth import Authenticator
 from gateway.config import Config, RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.plugin_host import PluginHost
 from gateway.scheduler import RetryScheduler
-from gateway.smtp_server import GatewaySMTP
+from gateway.smtp_server import GatewaySMTP, make_server_factory
 from gateway.spool import Envelope
 from tests.helpers import dsn_fields
 
@@ -127,3 +128,27 @@ def test_aiosmtpd_command_logging_is_skipped_when_off_and_still_masks_auth() -> 
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)
+
+
+def test_a_session_binds_its_commands_on_use_and_still_lists_them_all() -> None:
+    class Policy:
+        auth = Authenticator(Config().smtp.auth, PluginHost(Config(), plugins={}))
+        in_data = 0
+
+        async def on_connect(self, session: object) -> None:
+            return None
+
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    async def scenario() -> GatewaySMTP:
+        return make_server_factory(Policy(), Config())()
+
+    server = asyncio.run(scenario())
+    assert list(server._handle_hooks) == ["DATA"]  # aiosmtpd saw the policy's hook
+    noop = server._smtp_methods.get("NOOP")
+    assert callable(noop)
+    assert server._smtp_methods.get("NOPE") is None
+    listed = dict(server._smtp_methods.items())  # HELP's list: every command, bound
+    assert {"EHLO", "MAIL", "RCPT", "DATA", "QUIT"} <= set(listed)
+    assert all(method.__self__ is server for method in listed.values())
