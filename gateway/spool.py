@@ -348,7 +348,7 @@ class Spool:
             directory.mkdir(parents=True, exist_ok=True)
         self._dirsync = _GroupSync(self.queue)
         self._segment_sync = _GroupSync(self.segments)
-        self._writer = SegmentWriter(self.segments, self._segment_sync.sync, track=owner)
+        self._writer = SegmentWriter(self.segments, track=owner)
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="spool")
         self._sync_jobs = _SyncJobs()
         self._stores: _Batches[tuple[Envelope, bytes] | None] = _Batches(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,9 +155,12 @@ class Append:
     path: Path  # the segment
     data: bytes
     start: int  # where the batch starts in the segment
-    end: int
     offsets: list[int]  # of each record
     new_segment: bool  # its first batch: the directory must be synced too
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.data)
 
 
 def segment_files(directory: Path) -> Iterator[Path]:
@@ -171,13 +174,11 @@ def segment_names(directory: Path) -> list[str]:
 class SegmentWriter:
     """This process's current segment. Batches are placed one after another
     (`prepare`, then `committed` or `failed`), on the loop's thread; the
-    spool's sync writer writes them (`append` does all in the caller's thread)."""
+    spool's sync writer writes and syncs them (with the directory, for a new
+    segment's first batch)."""
 
-    def __init__(
-        self, directory: Path, sync_directory: Callable[[], None], track: bool = True
-    ) -> None:
+    def __init__(self, directory: Path, track: bool = True) -> None:
         self._dir = directory
-        self._sync_dir = sync_directory  # callable: fsync of the segments directory
         self._fd: int | None = None
         self.sid = ""
         self._size = 0
@@ -189,23 +190,6 @@ class SegmentWriter:
     @property
     def is_open(self) -> bool:
         return self._fd is not None
-
-    def append(self, first_qid: str, records: list[bytes]) -> list[int]:
-        """Write `records` at the end of the segment and sync them; the offset
-        of each in the file. On failure nothing of the batch is kept and the
-        segment is left for a new one."""
-        batch = self.prepare(first_qid, records)
-        assert self._fd is not None
-        try:
-            if batch.new_segment:
-                self._sync_dir()
-            write_all(self._fd, batch.data)
-            os.fdatasync(self._fd)
-        except OSError:
-            self.failed(batch)
-            raise
-        self.committed(batch)
-        return batch.offsets
 
     def prepare(self, first_qid: str, records: list[bytes]) -> Append:
         """`records` placed at the end of the segment (a new one when the
@@ -219,14 +203,13 @@ class SegmentWriter:
         new_segment = self._fd is None
         if new_segment:
             self._open(first_qid, now)
-        start = self._size
         offsets = []
-        pos = start
+        pos = self._size
         for record in records:
             offsets.append(pos)
             pos += len(record)
         path = self._dir / f"{self.sid}.seg"
-        return Append(path, b"".join(records), start, pos, offsets, new_segment)
+        return Append(path, b"".join(records), self._size, offsets, new_segment)
 
     def committed(self, batch: Append) -> None:
         self._size = batch.end

@@ -37,6 +37,27 @@ def envelope(spool: Spool, n: int = 0, recipients: int = 1) -> Envelope:
     return Envelope(spool.new_qid(), "s@a.test", rcpts, time.time(), size=len(body(n)))
 
 
+async def store_some(spool: Spool, count: int) -> list[Envelope]:
+    """`count` small messages stored one after another (one segment)."""
+    envs = [envelope(spool, n) for n in range(count)]
+    for n, env in enumerate(envs):
+        await spool.store(env, body(n))
+    return envs
+
+
+def count_finish_trips(spool: Spool) -> list[list[tuple[str, str | None]]]:
+    """The batches of finishes the spool's I/O threads get from now on."""
+    trips: list[list[tuple[str, str | None]]] = []
+    finish = spool._finish
+
+    def counted(batch: list[tuple[str, str | None]]) -> list[Exception | None]:
+        trips.append(list(batch))
+        return finish(batch)
+
+    spool._finishes._carry = on_pool(spool._pool, counted)
+    return trips
+
+
 def segments(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "segments").iterdir())
 
@@ -115,9 +136,7 @@ def test_finishing_goes_in_batches_and_a_sealed_finished_segment_is_removed(
 ) -> None:
     async def scenario() -> tuple[list[Any], list[list[Any]]]:
         spool = Spool(tmp_path)
-        envs = [envelope(spool, n) for n in range(5)]
-        for n, env in enumerate(envs):
-            await spool.store(env, body(n))
+        envs = await store_some(spool, 5)
         big = envelope(spool, 9)
         await spool.store(big, b"x" * (BATCH_BYTES + 1))  # in a file of its own
         broken = envelope(spool, 10)
@@ -126,14 +145,7 @@ def test_finishing_goes_in_batches_and_a_sealed_finished_segment_is_removed(
         (spool.queue / broken.qid).unlink()
         (spool.queue / broken.qid).mkdir()
         (spool.queue / broken.qid / "x").touch()
-        trips: list[list[Any]] = []
-        finish = spool._finish
-
-        def counted(batch: list[tuple[str, str | None]]) -> list[Exception | None]:
-            trips.append(list(batch))
-            return finish(batch)
-
-        spool._finishes._carry = on_pool(spool._pool, counted)
+        trips = count_finish_trips(spool)
         qids = [e.qid for e in [*envs, big, broken]]
         results = await asyncio.gather(*(spool.finish(q) for q in qids), return_exceptions=True)
         assert await spool.collect() == []
@@ -158,17 +170,8 @@ def test_finishes_a_moment_apart_wait_for_each_other_and_share_one_trip(
 ) -> None:
     async def scenario() -> list[int]:
         spool = Spool(tmp_path)
-        envs = [envelope(spool, n) for n in range(4)]
-        for n, env in enumerate(envs):
-            await spool.store(env, body(n))
-        trips: list[int] = []
-        finish = spool._finish
-
-        def counted(batch: list[tuple[str, str | None]]) -> list[Exception | None]:
-            trips.append(len(batch))
-            return finish(batch)
-
-        spool._finishes._carry = on_pool(spool._pool, counted)
+        envs = await store_some(spool, 4)
+        trips = count_finish_trips(spool)
 
         async def finish_after(qid: str, delay: float) -> None:
             await asyncio.sleep(delay)
@@ -178,7 +181,7 @@ def test_finishes_a_moment_apart_wait_for_each_other_and_share_one_trip(
         assert 3 * gap < FINISH_LINGER_SECONDS
         await asyncio.gather(*(finish_after(e.qid, n * gap) for n, e in enumerate(envs)))
         spool.close()
-        return trips
+        return [len(trip) for trip in trips]
 
     assert asyncio.run(scenario()) == [4]
 
@@ -236,9 +239,7 @@ def test_recovery_after_a_crash_between_the_move_and_its_done_mark(tmp_path: Pat
 def test_recovery_ignores_a_torn_record_and_keeps_those_before(tmp_path: Path) -> None:
     async def scenario() -> list[Envelope]:
         spool = Spool(tmp_path)
-        envs = [envelope(spool, n) for n in range(3)]
-        for n, env in enumerate(envs):
-            await spool.store(env, body(n))
+        envs = await store_some(spool, 3)
         await spool.finish(envs[1].qid)
         return envs
 
@@ -346,9 +347,7 @@ def test_a_damaged_record_is_set_aside_and_the_ones_after_it_are_recovered(
 ) -> None:
     async def scenario() -> list[Envelope]:
         spool = Spool(tmp_path)
-        envs = [envelope(spool, n) for n in range(3)]
-        for n, env in enumerate(envs):
-            await spool.store(env, body(n))
+        envs = await store_some(spool, 3)
         spool.close()
         return envs
 

@@ -282,10 +282,11 @@ class DeliveryEngine:
             self._wake.set()
         self._enqueue(domain, hosts, self._resolving.pop(domain, []))
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _dispatch(self) -> None:
         limits = self._config.delivery
@@ -904,13 +905,11 @@ class DeliveryEngine:
         can take the next transaction: the end of this message's data then
         goes in one write with the next one's commands (SmtpConnection.send)."""
         release = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._deliver(conn, host, job, site, release), name="deliver")
-        self._tasks.add(task)
+        task = self._spawn(self._deliver(conn, host, job, site, release), "deliver")
         task.add_done_callback(partial(self._delivered, release))
         await release
 
     def _delivered(self, release: asyncio.Future[None], task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
         if not release.done():
             release.set_result(None)
         if not task.cancelled() and task.exception() is not None:

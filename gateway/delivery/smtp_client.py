@@ -108,6 +108,8 @@ class _ReplyReader(asyncio.Protocol):
         self._resumed: asyncio.Future[None] | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self.error is not None:
+            return  # aborted: nothing it says now is read
         buffer = self._buffer + data if self._buffer else data
         start = 0
         while self.error is None:
@@ -116,8 +118,8 @@ class _ReplyReader(asyncio.Protocol):
                 break
             self._line(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
             start = end + 1
-        self._buffer = buffer[start:]
-        if self.error is None and len(self._buffer) > MAX_REPLY_LINE:
+        self._buffer = buffer[start:] if self.error is None else b""
+        if len(self._buffer) > MAX_REPLY_LINE:
             self._fail(SmtpError(f"reply line from {self._peer} too long"))
         self._wake()
 
@@ -135,7 +137,6 @@ class _ReplyReader(asyncio.Protocol):
     def _fail(self, error: SmtpError) -> None:
         if self.error is None:
             self.error = error
-            self._buffer = b""
             if self._transport is not None:
                 self._transport.abort()  # nothing it says now can be trusted
 
@@ -153,19 +154,13 @@ class _ReplyReader(asyncio.Protocol):
         self.replies.clear()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if (
-            waiter is not None
-            and not waiter.done()
-            and (self.error is not None or len(self.replies) >= self._wanted)
-        ):
-            waiter.set_result(None)
+        if self.error is not None or len(self.replies) >= self._wanted:
+            _settle(self._waiter)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(SmtpError(f"connection to {self._peer} lost: {exc or 'closed by peer'}"))
         self._wake()
-        if self._resumed is not None and not self._resumed.done():
-            self._resumed.set_result(None)
+        _settle(self._resumed)
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost says so
@@ -175,8 +170,7 @@ class _ReplyReader(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self._resumed is not None and not self._resumed.done():
-            self._resumed.set_result(None)
+        _settle(self._resumed)
 
     async def wait(self, count: int, timeout: float) -> None:
         """Until `count` replies are in, or the connection fails, for at most
@@ -209,6 +203,11 @@ async def _within(waiter: asyncio.Future[None], timeout: float) -> None:
         await waiter
     finally:
         timer.cancel()
+
+
+def _settle(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

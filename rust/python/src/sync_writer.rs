@@ -138,20 +138,21 @@ impl SyncWriter {
 
     /// Finish the queued jobs and stop the thread.
     fn close(&mut self, py: Python<'_>) {
-        self.jobs = None;
+        py.detach(|| self.stop());
+    }
+}
+
+impl SyncWriter {
+    fn stop(&mut self) {
+        self.jobs = None; // the thread ends once it has done what was queued
         if let Some(thread) = self.thread.take() {
-            py.detach(|| {
-                let _ = thread.join();
-            });
+            let _ = thread.join();
         }
     }
 }
 
 impl Drop for SyncWriter {
     fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
