@@ -40,6 +40,11 @@ class RedisServer(Service):
             self._proc.wait(10)
             self._proc = None
 
+    def close(self) -> None:
+        # stop() keeps the data for a restart; leaving the block removes it.
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     def kill(self) -> None:
         """SIGKILL: Redis gone at once (its append-only file keeps the data)."""
         if self._proc is not None:

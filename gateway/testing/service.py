@@ -13,6 +13,10 @@ class Service:
     def stop(self) -> object:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """What leaving the `with` block does: stop, and drop what it kept."""
+        self.stop()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -22,4 +26,4 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
