@@ -17,6 +17,7 @@ from gateway import _core, aiosmtpd_patches, hookimpl
 from gateway.auth import Authenticator
 from gateway.config import Config, RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
+from gateway.delivery.idle import IdleSessions
 from gateway.plugin_host import PluginHost
 from gateway.scheduler import RetryScheduler
 from gateway.smtp_server import GatewaySMTP, make_server_factory
@@ -152,3 +153,21 @@ def test_a_session_binds_its_commands_on_use_and_still_lists_them_all() -> None:
     listed = dict(server._smtp_methods.items())  # HELP's list: every command, bound
     assert {"EHLO", "MAIL", "RCPT", "DATA", "QUIT"} <= set(listed)
     assert all(method.__self__ is server for method in listed.values())
+
+
+def test_an_arrival_wakes_one_idle_connection_the_last_idle_first() -> None:
+    async def scenario() -> list[object]:
+        idle = IdleSessions()
+        first = asyncio.create_task(idle.wait("site", 5))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(idle.wait("site", 5))
+        other = asyncio.create_task(idle.wait("elsewhere", 0.05))
+        await asyncio.sleep(0)
+        idle.arrived("site")
+        await asyncio.sleep(0)
+        woken = (first.done(), second.done() and second.result())
+        timed_out = await other  # nothing arrived for it: False after its timeout
+        idle.stop()  # the one still waiting is let go
+        return [woken, timed_out, await first]
+
+    assert asyncio.run(scenario()) == [(False, True), False, False]

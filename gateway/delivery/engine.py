@@ -30,6 +30,7 @@ from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.egress import Source, SourcePicker
 from gateway.delivery.fleet_limits import FleetLimits
 from gateway.delivery.holds import Hold, Holds, Scope
+from gateway.delivery.idle import IdleSessions
 from gateway.delivery.mta_sts import STS_SITE, MtaSts
 from gateway.delivery.resolver import DnsError, MxHost, MxResolver, shuffle_equal, site_of
 from gateway.delivery.smtp_client import (
@@ -139,7 +140,7 @@ class DeliveryEngine:
         # (site, pool) -> due jobs; a session of a pool's source takes from its queue.
         self._ready: dict[tuple[str, str], deque[Job]] = defaultdict(deque)
         self._routes: dict[tuple[str, ...], str] = {}  # delivery_route answers, cached
-        self._arrivals: dict[tuple[str, str], asyncio.Event] = {}  # for idle sessions
+        self._idle = IdleSessions()  # open connections waiting for mail, by (site, pool)
         self._parked: dict[Scope, list[Job]] = {}  # jobs sent back by a hold, by its scope
         self._inflight: set[tuple[str, int]] = set()  # (qid, recipient index) being tried
         self.holds = Holds()  # suspensions, by operators and automation
@@ -237,9 +238,7 @@ class DeliveryEngine:
                 continue
             job.pool = self._route_pool(job, site)
             self._ready[(site, job.pool)].append(job)
-            arrived = self._arrivals.get((site, job.pool))
-            if arrived is not None:
-                arrived.set()
+            self._idle.arrived((site, job.pool))
 
     def _route_pool(self, job: Job, site: str) -> str:
         """The egress pool for a job: a plugin's delivery_route, else the default."""
@@ -655,8 +654,7 @@ class DeliveryEngine:
         """Start no new sessions; give running ones `grace` seconds, then cancel."""
         self._stopping = True
         self._wake.set()
-        for arrived in self._arrivals.values():
-            arrived.set()  # idle connections: QUIT now
+        self._idle.stop()  # idle connections: QUIT now
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -824,15 +822,9 @@ class DeliveryEngine:
         """Keep an idle connection open a moment for more mail to its site (as
         Postfix's connection cache does): True if some arrived in time."""
         idle = self._config.delivery.idle_timeout
-        if idle <= 0:
+        if idle <= 0 or self._stopping:
             return False
-        arrived = self._arrivals.setdefault((site, pool), asyncio.Event())
-        arrived.clear()
-        try:
-            await asyncio.wait_for(arrived.wait(), idle)
-        except TimeoutError:
-            return False
-        return True
+        return await self._idle.wait((site, pool), idle)
 
     async def _connect(
         self, site: str, source: Source, rules: Resolved
