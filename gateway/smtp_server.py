@@ -194,6 +194,8 @@ class GatewaySMTP(SMTP):
         self._tokens = limits.command_burst
         self._refilled = time.monotonic()
         self._deadline: asyncio.TimerHandle | None = None
+        self._idle_until = 0.0  # the idle timeout's deadline (loop time)
+        self._idle_armed = 0.0  # when its timer fires
         # Every command passes the rate check first.
         self._smtp_methods = _RateChecked(self, _command_functions(type(self)), self._rate_checked)
 
@@ -228,6 +230,27 @@ class GatewaySMTP(SMTP):
         if self._deadline is not None:
             self._deadline.cancel()
         super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd makes a timer and cancels the last for every command line;
+        # here the deadline moves on and one timer, firing before it, waits
+        # again: a float stored per command.
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_until = deadline
+        if self._timeout_handle is None or deadline < self._idle_armed:
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        self._idle_armed = self._idle_until
+        self._timeout_handle = self.loop.call_at(self._idle_until, self._idle_timer_fired)
+
+    def _idle_timer_fired(self) -> None:
+        if self.loop.time() < self._idle_until:
+            self._arm_idle_timer()  # there was activity since it was armed
+        else:
+            self._refuse_now("idle", "421 4.4.2 Idle too long; closing")
 
     def _refuse_now(self, limit: str, reply: str) -> None:
         SESSIONS_REFUSED.labels(limit).inc()

@@ -245,6 +245,7 @@ def test_abuse_limits(tmp_path: Path, base_config: dict[str, Any]) -> None:
             "max_recipients": 5,  # a burst of 25 commands
             "command_rate": 5,
             "max_session_time": "2s",
+            "timeout": "1s",  # idle
         },
     }
     with GatewayProcess(tmp_path / "gw", config) as gw:
@@ -289,8 +290,16 @@ def test_abuse_limits(tmp_path: Path, base_config: dict[str, Any]) -> None:
         assert reply.endswith(b"421 4.4.2 Session too long; closing\r\n")
         assert 1.5 < time.monotonic() - started < 4
         second.close()
+        # Idle: commands every 0.3 s kept that session past its 1 s idle
+        # timeout; one that says nothing for 1 s is closed.
+        quiet = socket.create_connection(("127.0.0.1", gw.port), source_address=("127.0.0.8", 0))
+        started = time.monotonic()
+        assert read_reply(quiet).startswith(b"220")
+        assert read_reply(quiet) == b"421 4.4.2 Idle too long; closing\r\n"
+        assert 0.9 < time.monotonic() - started < 3
+        quiet.close()
     limits = {e["limit"] for e in gw.events("session_limit")}
-    assert limits == {"connections_per_ip", "errors", "command_rate", "session_time"}
+    assert limits == {"connections_per_ip", "errors", "command_rate", "session_time", "idle"}
 
 
 # -- SMTP smuggling ------------------------------------------------------------------
