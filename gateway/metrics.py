@@ -8,7 +8,9 @@ Labels never carry an address; labels whose values come from traffic
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 
 from prometheus_client import Counter, Gauge, Histogram, values
 
@@ -182,3 +184,45 @@ def bounded(kind: str, value: str, cap: int = LABEL_CAP) -> str:
         return "other"
     seen.add(value)
     return value
+
+
+# How long a BatchedObserver keeps observations before adding them.
+BATCH_SECONDS = 1.0
+
+
+class BatchedObserver:
+    """Observations for one labelled histogram, counted here and added to it
+    once a second, for timings taken several times per message: in an ingress
+    worker each `observe` writes two memory-mapped values under a lock (the
+    plugin hooks' nine timings per message were ~2.5% of a worker). The
+    totals are those `observe` would give, up to BATCH_SECONDS late; what a
+    process held when it ended is not counted. Relies on prometheus-client's
+    histogram keeping `_upper_bounds`, `_buckets` and `_sum` (checked by
+    tests/test_units.py)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._bounds: list[float] = histogram._upper_bounds
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = False
+
+    def observe(self, amount: float) -> None:
+        # observe's bucket: the first upper bound at or above the amount.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        if not self._pending:
+            self._pending = True
+            try:
+                asyncio.get_running_loop().call_later(BATCH_SECONDS, self.flush)
+            except RuntimeError:  # no loop: add at once
+                self.flush()
+
+    def flush(self) -> None:
+        self._pending = False
+        self._histogram._sum.inc(self._sum)
+        for bucket, count in zip(self._histogram._buckets, self._counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0

@@ -26,7 +26,12 @@ from pydantic import BaseModel, ValidationError
 from gateway import hookspecs
 from gateway.config import Config, ConfigError, describe_errors
 from gateway.log import event
-from gateway.metrics import PLUGIN_CALLS_FAILED, PLUGIN_DECISIONS, PLUGIN_HOOK_SECONDS
+from gateway.metrics import (
+    PLUGIN_CALLS_FAILED,
+    PLUGIN_DECISIONS,
+    PLUGIN_HOOK_SECONDS,
+    BatchedObserver,
+)
 from gateway.plugin import Decision, PluginContext
 from gateway.store import StoreUnavailable
 
@@ -72,7 +77,7 @@ class PluginHost:
             raise ConfigError(f"[plugin.{stray[0]}]: no such plugin is enabled")
         self._trace = os.environ.get(TRACE_ENV, "") not in ("", "0")
         self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
-        self._hook_seconds: dict[tuple[str, str], Any] = {}
+        self._hook_seconds: dict[tuple[str, str], BatchedObserver] = {}
 
     def register_internal(self, plugin: object, name: str) -> None:
         """A part of the gateway itself that listens to hooks (not configurable)."""
@@ -183,8 +188,9 @@ class PluginHost:
         """A call that returned: timed, decisions counted, traced when asked."""
         elapsed = time.perf_counter() - started
         timer = self._hook_seconds.get((plugin, hook))
-        if timer is None:  # labels() is a lookup under a lock, per call
-            timer = self._hook_seconds[(plugin, hook)] = PLUGIN_HOOK_SECONDS.labels(plugin, hook)
+        if timer is None:  # labels() is a lookup under a lock
+            timer = BatchedObserver(PLUGIN_HOOK_SECONDS.labels(plugin, hook))
+            self._hook_seconds[(plugin, hook)] = timer
         timer.observe(elapsed)
         if isinstance(result, Decision):
             PLUGIN_DECISIONS.labels(plugin, hook, result.action).inc()

@@ -12,12 +12,14 @@ import time
 import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP
+from prometheus_client import CollectorRegistry, Histogram
 
 from gateway import _core, aiosmtpd_patches, hookimpl
 from gateway.auth import Authenticator
 from gateway.config import Config, RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
 from gateway.delivery.idle import IdleSessions
+from gateway.metrics import BATCH_SECONDS, BatchedObserver
 from gateway.plugin_host import PluginHost
 from gateway.scheduler import RetryScheduler
 from gateway.smtp_server import GatewaySMTP, make_server_factory
@@ -171,3 +173,33 @@ def test_an_arrival_wakes_one_idle_connection_the_last_idle_first() -> None:
         return [woken, timed_out, await first]
 
     assert asyncio.run(scenario()) == [(False, True), False, False]
+
+
+def test_batched_observations_add_up_to_what_observe_gives() -> None:
+    registry = CollectorRegistry()
+    direct = Histogram("direct", "", buckets=(0.001, 0.01, 0.1), registry=registry)
+    batched = Histogram("batched", "", buckets=(0.001, 0.01, 0.1), registry=registry)
+    amounts = [0.0005, 0.001, 0.002, 0.01, 0.05, 0.5, 7.0, 0.001]
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        return {
+            (s.name.removeprefix(name), s.labels.get("le", "")): s.value
+            for metric in registry.collect()
+            if metric.name == name
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    async def scenario() -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+        observer = BatchedObserver(batched)
+        for amount in amounts:
+            direct.observe(amount)
+            observer.observe(amount)
+        before = samples("batched")  # held until the batch is added
+        await asyncio.sleep(BATCH_SECONDS + 0.2)
+        return before, samples("batched")
+
+    before, after = asyncio.run(scenario())
+    assert before[("_count", "")] == 0
+    assert after == samples("direct")
+    assert after[("_bucket", "0.001")] == 3  # an amount on a bound counts in that bucket
