@@ -61,6 +61,9 @@ _DEFAULT_ENHANCED = {
 }
 
 
+# aiosmtpd's logger, for the replies it would log (GatewaySMTP.push).
+_aiosmtpd_log = logging.getLogger("mail.log")
+
 # `<local@domain>` and what follows (ESMTP parameters): plain atoms only; quoted
 # local parts, comments, routes and the like go to aiosmtpd's full parser.
 _SIMPLE_ADDRESS = re.compile(
@@ -323,7 +326,14 @@ class GatewaySMTP(SMTP):
         if self._continued:
             line = b"\r\n".join([*self._continued, line])
             self._continued.clear()
-        await super().push(line)
+        # aiosmtpd's push, less its drain() after every reply: that waits only
+        # when the client stopped reading or is gone, which these flags say.
+        self._writer.write(line + b"\r\n")
+        if _aiosmtpd_log.isEnabledFor(logging.DEBUG) and self.session is not None:
+            _aiosmtpd_log.debug("%r << %r", self.session.peer, line)
+        # FlowControlMixin's own flags (asyncio.streams), not in the type stubs.
+        if self._paused or self._connection_lost:  # type: ignore[attr-defined]
+            await self._writer.drain()
         if isinstance(status, str) and status.startswith("421") and self.transport is not None:
             self.transport.close()  # 421: the server closes the connection (RFC 5321 3.8)
         elif isinstance(status, str) and status.startswith("5"):
