@@ -21,9 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from gateway.config import AccountingConfig
+
+if TYPE_CHECKING:
+    from gateway.spool import Envelope
 
 CURRENT = "accounting.jsonl"
 # Lines are flushed to the file this long after the first unflushed one (in
@@ -141,3 +144,24 @@ def account(kind: str, **fields: Any) -> None:
         _log.write(kind, fields)
     except OSError as exc:  # a full disk must not stop delivery; the event log says so
         logging.getLogger("gateway").error("accounting write failed: %s", exc)
+
+
+def account_received(envelope: Envelope, dkim: list[str]) -> None:
+    """The `received` record of a message just spooled (`dkim`: the
+    signatures added). Written by the process that schedules it, from the
+    envelope: a worker's notice carries it, so it is not sent twice."""
+    account(
+        "received",
+        qid=envelope.qid,
+        time_queued=round(envelope.received_at, 3),
+        sender=envelope.sender,
+        recipients=envelope.recipients,
+        client_ip=envelope.client_ip,
+        helo=envelope.helo,
+        size=envelope.size,
+        message_id=envelope.message_id,
+        tenant=envelope.tenant,
+        campaign=envelope.campaign,
+        stream=envelope.stream,
+        dkim=dkim,
+    )

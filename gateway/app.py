@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway import __version__, event_loop
-from gateway.accounting import close_accounting, open_accounting
+from gateway.accounting import account_received, close_accounting, open_accounting
 from gateway.admin import add_routes as add_admin_routes
 from gateway.admin import admin_token
 from gateway.auth import UsersFileError
@@ -84,7 +84,7 @@ class Gateway:
         self.handler = IngressHandler(
             config,
             self.spool,
-            self.engine.submit,
+            self._received,
             self.pipeline,
             self.plugins,
             self.feedback if self.feedback.enabled else None,
@@ -101,15 +101,22 @@ class Gateway:
         self._background: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
+    def _received(self, message: SpooledMessage, dkim: list[str]) -> None:
+        self.engine.submit(message)
+        account_received(message.envelope, dkim)
+
     async def _queued_by_worker(
-        self, qid: str, envelope: dict[str, Any], location: Location | None
+        self, qid: str, envelope: dict[str, Any], location: Location | None, dkim: list[str]
     ) -> None:
         """A worker spooled a message (`envelope`: its spool header, so it need
         not be read back; a fresh message has no journal yet)."""
         try:
+            spooled = Envelope(**envelope)
             if location is not None and not self.spool.adopt(qid, location):
-                return  # already found in its segment by the spool's collect
-            self.engine.submit(SpooledMessage.fresh(Envelope(**envelope), location))
+                # Already found in its segment by the spool's collect.
+                account_received(spooled, dkim)
+                return
+            self._received(SpooledMessage.fresh(spooled, location), dkim)
         except (ValueError, KeyError, TypeError) as exc:
             event("worker_queued_unreadable", logging.ERROR, qid=qid, error=str(exc))
 

@@ -11,7 +11,8 @@ Reports to our feedback addresses are processed by the queue manager (it
 knows what was sent and keeps the complaint rates), so a worker hands them
 over and waits for the reply to give its client.
 
-    worker -> manager   {"op": "queued", "qid": Q, "envelope": {...}, "at": [S, O, L]}
+    worker -> manager   {"op": "queued", "qid": Q, "envelope": {...}, "at": [S, O, L],
+                         "dkim": [...]}  (the manager writes its `received` record)
     worker -> manager   {"op": "stats", "inbound": N}        (open sessions, each second)
     worker -> manager   {"op": "account", "kind": K, "fields": {...}}  (accounting log)
     worker -> manager   {"op": "feedback", "id": N, "rcpts": [...], "data": BASE64}
@@ -46,7 +47,7 @@ class IngressBridge:
     def __init__(
         self,
         path: Path,
-        queued: Callable[[str, dict[str, Any], Location | None], Awaitable[None]],
+        queued: Callable[[str, dict[str, Any], Location | None, list[str]], Awaitable[None]],
         feedback: Callable[[list[str], bytes], Awaitable[str]],
     ) -> None:
         self.path = path
@@ -78,7 +79,9 @@ class IngressBridge:
                     account(request["kind"], **request["fields"])
                 elif request["op"] == "queued":
                     at = request.get("at")
-                    await self._queued(request["qid"], request["envelope"], at and tuple(at))
+                    await self._queued(
+                        request["qid"], request["envelope"], at and tuple(at), request["dkim"]
+                    )
                 elif request["op"] == "feedback":
                     raw = base64.b64decode(request["data"])
                     reply = await self._feedback(request["rcpts"], raw)
@@ -139,8 +142,9 @@ class ManagerLink:
         if self._writer is not None and not self.lost.is_set():
             self._writer.write(b"".join(lines))
 
-    def queued(self, message: SpooledMessage) -> None:
-        """The message is on disk: schedule it (IngressHandler's submit)."""
+    def queued(self, message: SpooledMessage, dkim: list[str]) -> None:
+        """The message is on disk: schedule it and account for it (IngressHandler's
+        `received`; `dkim`: the signatures added)."""
         with contextlib.suppress(ConnectionError):
             # If this fails the manager is restarting and finds it in the spool.
             # The envelope as spooled, so the manager need not read it back.
@@ -150,6 +154,7 @@ class ManagerLink:
                     "qid": message.qid,
                     "envelope": message.envelope.__dict__,
                     "at": message.location,
+                    "dkim": dkim,
                 }
             )
 
