@@ -25,13 +25,13 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway import json_lines
 from gateway.accounting import account
 from gateway.config import FeedbackConfig
 from gateway.feedback.processor import FeedbackIdentity
@@ -72,7 +72,7 @@ class IngressBridge:
         worker = id(writer)
         try:
             while line := await reader.readline():
-                request = json.loads(line)
+                request = json_lines.loads(line)
                 if request["op"] == "stats":
                     self._inbound[worker] = int(request["inbound"])
                 elif request["op"] == "account":
@@ -85,7 +85,7 @@ class IngressBridge:
                 elif request["op"] == "feedback":
                     raw = base64.b64decode(request["data"])
                     reply = await self._feedback(request["rcpts"], raw)
-                    writer.write(json.dumps({"id": request["id"], "reply": reply}).encode() + b"\n")
+                    writer.write(json_lines.dumps_line({"id": request["id"], "reply": reply}))
         except (ConnectionError, ValueError, KeyError) as exc:
             event("ingress_link_error", logging.ERROR, error=repr(exc))
         finally:
@@ -119,7 +119,7 @@ class ManagerLink:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while line := await reader.readline():
-                answer = json.loads(line)
+                answer = json_lines.loads(line)
                 future = self._waiting.pop(answer["id"], None)
                 if future is not None and not future.done():
                     future.set_result(answer["reply"])
@@ -132,10 +132,10 @@ class ManagerLink:
     def _send(self, message: dict[str, Any]) -> None:
         if self._writer is None or self.lost.is_set():
             raise ConnectionError("the queue manager is gone")
-        line = json.dumps(message, separators=(",", ":"), default=str)
+        line = json_lines.dumps_line(message)
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outbox.append(line.encode() + b"\n")
+        self._outbox.append(line)
 
     def _flush(self) -> None:
         lines, self._outbox = self._outbox, []

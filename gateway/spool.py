@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import errno
 import itertools
-import json
 import os
 import threading
 import time
@@ -42,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from gateway import _core
+from gateway import _core, json_lines
 from gateway.log import event
 from gateway.spool_segments import (
     IDLE_SEAL_SECONDS,
@@ -71,8 +70,6 @@ BATCH_BYTES = 256 * 1024  # larger messages are stored on their own
 # client waits for a finish (delivery does not: DeliveryEngine._complete).
 FINISH_LINGER_SECONDS = 0.01
 Location = tuple[str, int, int]  # segment, offset and length of the spooled form
-# One encoder for every envelope: json.dumps with options builds one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class SpoolError(Exception):
@@ -102,11 +99,11 @@ class Envelope:
     message_id: str = ""
 
     def to_json(self) -> bytes:
-        return _ENCODER.encode(self.__dict__).encode()
+        return json_lines.dumps(self.__dict__)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:
-        return cls(**json.loads(raw))
+        return cls(**json_lines.loads(raw))
 
 
 @dataclass
@@ -572,10 +569,7 @@ class Spool:
         self._append_done(sid, [qid])  # after a crash before this, the file wins
 
     def _record(self, qid: str, records: list[dict[str, Any]]) -> None:
-        lines = b"".join(
-            json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-            for r in records
-        )
+        lines = b"".join(json_lines.dumps_line(r) for r in records)
         path = self.queue / f"{qid}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -834,7 +828,7 @@ class Spool:
             return
         for line in journal.read_bytes().splitlines():
             try:
-                message.apply(json.loads(line))
+                message.apply(json_lines.loads(line))
             except (ValueError, KeyError, IndexError):
                 # A torn last line from a crash mid-append: that outcome was
                 # never confirmed, so the recipient is simply tried again.

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import email
 import io
+import json
 import logging
 import time
+from pathlib import Path
 
 import aiosmtpd.smtp
 import pytest
 from aiosmtpd.smtp import SMTP
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway import _core, aiosmtpd_patches, hookimpl
+from gateway import _core, aiosmtpd_patches, hookimpl, json_lines
 from gateway.auth import Authenticator
 from gateway.config import Config, RetryConfig
 from gateway.delivery.dsn import Failure, build_dsn
@@ -203,3 +205,22 @@ def test_batched_observations_add_up_to_what_observe_gives() -> None:
     assert before[("_count", "")] == 0
     assert after == samples("direct")
     assert after[("_bucket", "0.001")] == 3  # an amount on a bound counts in that bucket
+
+
+def test_json_lines_write_what_the_standard_json_module_writes() -> None:
+    record = {
+        "qid": "0123456789abcdef",
+        "sender": "jörg@exämple.test",
+        "recipients": ["a@b.test", "c@d.test"],
+        "time_queued": 1796667100.549,
+        "size": 2300,
+        "next_attempt": None,
+        "flags": [True, False],
+        "nested": {"i": 3, "r": "250 2.0.0 Ok"},
+        "path": Path("/var/spool/x"),  # through default=str
+        7: "an int key",
+    }
+    standard = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+    assert json_lines.dumps(record) == standard.encode()
+    assert json_lines.dumps_line(record) == standard.encode() + b"\n"
+    assert json_lines.loads(json_lines.dumps(record)) == json.loads(standard)
