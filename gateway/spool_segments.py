@@ -181,6 +181,7 @@ class SegmentWriter:
         self._dir = directory
         self._fd: int | None = None
         self.sid = ""
+        self._path = directory  # the current segment's, once one is open
         self._size = 0
         self._opened = 0.0
         self.last_write = 0.0
@@ -208,8 +209,7 @@ class SegmentWriter:
         for record in records:
             offsets.append(pos)
             pos += len(record)
-        path = self._dir / f"{self.sid}.seg"
-        return Append(path, b"".join(records), self._size, offsets, new_segment)
+        return Append(self._path, b"".join(records), self._size, offsets, new_segment)
 
     def committed(self, batch: Append) -> None:
         self._size = batch.end
@@ -226,8 +226,9 @@ class SegmentWriter:
         (`Append.new_segment`), before that batch counts as stored."""
         sid = f"{first_qid}-{os.getpid()}"
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL  # after a cut, at its end
-        self._fd = os.open(self._dir / f"{sid}.seg", flags, 0o600)
-        self.sid, self._size, self._opened = sid, 0, now
+        path = self._dir / f"{sid}.seg"
+        self._fd = os.open(path, flags, 0o600)
+        self.sid, self._path, self._size, self._opened = sid, path, 0, now
         if self._track:
             self.opened.add(sid)
 
