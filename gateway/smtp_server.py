@@ -288,6 +288,9 @@ class GatewaySMTP(SMTP):
             self._tokens -= 1
             await method(arg)
 
+        # The command's attributes (aiosmtpd's @syntax: HELP reads them) are the
+        # wrapper's too: one shared dict, not a copy per command.
+        checked.__dict__ = getattr(method, "__func__", method).__dict__
         return checked
 
     @property

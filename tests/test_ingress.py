@@ -50,6 +50,16 @@ def test_ehlo_advertises_extensions(gateway: GatewayProcess) -> None:
         assert (code, msg[:5]) == (250, b"2.0.0")
 
 
+def test_help_gives_a_command_s_syntax(gateway: GatewayProcess) -> None:
+    with client(gateway) as c:
+        code, reply = c.docmd("HELP", "MAIL")
+        assert (code, reply) == (250, b"2.0.0 Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+        code, reply = c.docmd("HELP", "NOPE")
+        assert code == 501
+        assert b"Supported commands:" in reply
+        assert b"RCPT" in reply
+
+
 def test_a_multi_line_reply_arrives_in_one_write(gateway: GatewayProcess) -> None:
     """EHLO's capabilities go out with their last line in one write (one
     client wakeup, not one per line); the first read holds the whole reply."""
