@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import log as aiosmtpd_log  # the replies GatewaySMTP.push would log
 
 from gateway import aiosmtpd_patches
 from gateway.auth import Authenticator, AuthUnavailable
@@ -60,9 +61,6 @@ _DEFAULT_ENHANCED = {
     555: "5.5.4",
 }
 
-
-# aiosmtpd's logger, for the replies it would log (GatewaySMTP.push).
-_aiosmtpd_log = logging.getLogger("mail.log")
 
 # `<local@domain>` and what follows (ESMTP parameters): plain atoms only; quoted
 # local parts, comments, routes and the like go to aiosmtpd's full parser.
@@ -332,8 +330,8 @@ class GatewaySMTP(SMTP):
         # aiosmtpd's push, less its drain() after every reply: that waits only
         # when the client stopped reading or is gone, which these flags say.
         self._writer.write(line + b"\r\n")
-        if _aiosmtpd_log.isEnabledFor(logging.DEBUG) and self.session is not None:
-            _aiosmtpd_log.debug("%r << %r", self.session.peer, line)
+        if aiosmtpd_log.isEnabledFor(logging.DEBUG) and self.session is not None:
+            aiosmtpd_log.debug("%r << %r", self.session.peer, line)
         # FlowControlMixin's own flags (asyncio.streams), not in the type stubs.
         if self._paused or self._connection_lost:  # type: ignore[attr-defined]
             await self._writer.drain()

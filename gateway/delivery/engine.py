@@ -907,8 +907,8 @@ class DeliveryEngine:
     def _delivered(self, release: asyncio.Future[None], task: asyncio.Task[None]) -> None:
         if not release.done():
             release.set_result(None)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
             event("delivery_session_error", logging.ERROR, error=repr(error))
 
     async def _deliver(

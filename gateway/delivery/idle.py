@@ -38,14 +38,14 @@ class IdleSessions:
                 if not queue and self._waiting.get(key) is queue:
                     del self._waiting[key]
 
-    def arrived(self, key: Hashable, count: int = 1) -> None:
-        """Wake up to `count` connections waiting for `key`, the last idle first."""
+    def arrived(self, key: Hashable) -> None:
+        """Wake one connection waiting for `key`, the last idle first."""
         queue = self._waiting.get(key)
-        while queue and count > 0:
+        while queue:
             waiter = queue.pop()
-            if not waiter.done():
+            if not waiter.done():  # else it timed out and is leaving
                 waiter.set_result(True)
-                count -= 1
+                break
         if queue is not None and not queue:
             del self._waiting[key]
 
