@@ -41,3 +41,16 @@ def test_gateway_phases_relay_every_message_and_are_reported(
     assert f"ratio gateway/postfix, sessions reused, end to end: {ratio:.2f}" in out
     ratio = shared["e2e_per_s"] / embedded["e2e_per_s"]
     assert f"ratio gateway on Redis/on SQLite, end to end: {ratio:.2f}" in out
+
+
+def test_several_rounds_report_the_median_and_every_round(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def phases(gateway: float, postfix: float) -> dict[str, dict[str, float]]:
+        gw = {"accept_per_s": gateway, "e2e_per_s": gateway, "cpu_ms": 1.0}
+        pf = {"accept_per_s": postfix, "e2e_per_s": postfix, "cpu_ms": 2.0}
+        return {"gateway": gw, "postfix": pf, "noop": {"accept_per_s": 3000.0, "cpu_ms": 0.5}}
+
+    bench.report([phases(1500, 700), phases(1400, 750), phases(1600, 760)])
+    out = capsys.readouterr().out
+    assert "end to end, median of 3 rounds: 2.11 (2.14, 1.87, 2.11)" in out
