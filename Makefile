@@ -8,7 +8,8 @@ CONFIG  ?=
 # The interpreter of the venv: the distribution's CPython when it is 3.11+
 # with venv support (Debian builds it with PGO and LTO, linked statically:
 # 5-7% more messages/s end to end than pyenv's default build, BENCHMARKS.md),
-# else the first python3 on PATH. `make PYTHON=... setup` picks another.
+# else the first python3 on PATH. `make PYTHON=... setup` picks another
+# (once: remove .venv to remake it).
 PYTHON  ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)' \
              2>/dev/null && echo /usr/bin/python3 || echo python3)
 
