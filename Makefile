@@ -7,7 +7,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 CONFIG  ?=
 # The interpreter of the venv: the distribution's CPython when it is 3.11+
 # with venv support (Debian builds it with PGO and LTO, linked statically:
-# 5-7% more messages/s end to end than pyenv's default build, BENCHMARKS.md),
+# 3-7% more messages/s end to end than pyenv's default build, BENCHMARKS.md),
 # else the first python3 on PATH. `make PYTHON=... setup` picks another
 # (once: remove .venv to remake it).
 PYTHON  ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)' \
