@@ -203,8 +203,14 @@ def test_warmup_caps_hold_and_the_overflow_goes_to_the_warm_source(
             "delivery": {"max_messages_per_connection": 1},
         },
     )
+    # One at a time: the node takes source a's cap from the store in blocks
+    # (here 2, then 1), and while it fetches the next block a counts as
+    # unavailable, so a message arriving in those milliseconds goes through b.
+    # Sent in a burst, a may send 2 of its 3; waiting for each delivery gives
+    # every fetch time to finish, so a's whole cap is used.
     for n in range(12):
         gw.send("app@shop.test", [f"w{n}@example.test"])
+        gw.mx.wait_for(n + 1)
     got = gw.mx.wait_for(12)
     assert Counter(m.peer for m in got) == {"127.0.0.31": 3, "127.0.0.32": 9}
 
