@@ -10,8 +10,10 @@ CONFIG  ?=
 # 3-7% more messages/s end to end than pyenv's default build, BENCHMARKS.md),
 # else the first python3 on PATH. `make PYTHON=... setup` picks another
 # (once: remove .venv to remake it).
-PYTHON  ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)' \
+ifndef PYTHON  # chosen once per make run, not at every use
+PYTHON  := $(shell /usr/bin/python3 -c 'import sys, ensurepip; assert sys.version_info >= (3, 11)' \
              2>/dev/null && echo /usr/bin/python3 || echo python3)
+endif
 
 .PHONY: run test setup build lint rust-test pytest system-deps bench clean
 

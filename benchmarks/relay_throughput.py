@@ -384,11 +384,11 @@ def report(rounds: list[dict[str, dict[str, float]]]) -> None:
     def ratio(ours: str, peer: str, key: str, peer_key: str = "") -> float:
         return statistics.median(r[ours][key] / r[peer][peer_key or key] for r in rounds)
 
-    def each(ours: str, peer: str, key: str) -> str:
-        """Every round's ratio, after the median: how far the rounds spread."""
-        if len(rounds) == 1:
-            return ""
-        return " (" + ", ".join(f"{r[ours][key] / r[peer][key]:.2f}" for r in rounds) + ")"
+    def summary(ours: str, peer: str, key: str) -> str:
+        """The median ratio, then every round's: how far the rounds spread."""
+        each = [r[ours][key] / r[peer][key] for r in rounds]
+        spread = "" if len(each) == 1 else " (" + ", ".join(f"{x:.2f}" for x in each) + ")"
+        return f"{statistics.median(each):.2f}{spread}"
 
     def median(phase: str, key: str) -> float:
         return statistics.median(r[phase][key] for r in rounds)
@@ -408,21 +408,14 @@ def report(rounds: list[dict[str, dict[str, float]]]) -> None:
     ceiling = ratio("noop", "postfix", "accept_per_s", "e2e_per_s")
     print(f"ceiling of an MTA on aiosmtpd: no-op accept/postfix end to end{what}: {ceiling:.2f}")
     for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
-        plain = ratio("gateway", "postfix", key)
-        print(f"ratio gateway/postfix, {label}{what}: {plain:.2f}{each('gateway', 'postfix', key)}")
+        print(f"ratio gateway/postfix, {label}{what}: {summary('gateway', 'postfix', key)}")
         if "gw+dkim" in rounds[0]:
-            signing = ratio("gw+dkim", "pf+dkim", key)
-            print(
-                f"ratio gateway+dkim/postfix+opendkim, {label}{what}: {signing:.2f}"
-                f"{each('gw+dkim', 'pf+dkim', key)}"
-            )
+            signing = summary("gw+dkim", "pf+dkim", key)
+            print(f"ratio gateway+dkim/postfix+opendkim, {label}{what}: {signing}")
     if "gw reuse" in rounds[0]:
         for key, label in (("accept_per_s", "accept"), ("e2e_per_s", "end to end")):
-            reused = ratio("gw reuse", "pf reuse", key)
-            print(
-                f"ratio gateway/postfix, sessions reused, {label}{what}: {reused:.2f}"
-                f"{each('gw reuse', 'pf reuse', key)}"
-            )
+            reused = summary("gw reuse", "pf reuse", key)
+            print(f"ratio gateway/postfix, sessions reused, {label}{what}: {reused}")
     if "gw+redis" in rounds[0]:
         shared = ratio("gw+redis", "gateway", "e2e_per_s")
         print(f"ratio gateway on Redis/on SQLite, end to end{what}: {shared:.2f}")
