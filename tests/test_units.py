@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import gc
 import io
 import json
 import logging
@@ -135,19 +136,22 @@ def test_aiosmtpd_command_logging_is_skipped_when_off_and_still_masks_auth() -> 
         log.setLevel(old_level)
 
 
+class _AcceptingPolicy:
+    """A session policy that lets everything through and keeps nothing."""
+
+    auth = Authenticator(Config().smtp.auth, PluginHost(Config(), plugins={}))
+    in_data = 0
+
+    async def on_connect(self, session: object) -> None:
+        return None
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        return "250 OK"
+
+
 def test_a_session_binds_its_commands_on_use_and_still_lists_them_all() -> None:
-    class Policy:
-        auth = Authenticator(Config().smtp.auth, PluginHost(Config(), plugins={}))
-        in_data = 0
-
-        async def on_connect(self, session: object) -> None:
-            return None
-
-        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-            return "250 OK"
-
     async def scenario() -> GatewaySMTP:
-        return make_server_factory(Policy(), Config())()
+        return make_server_factory(_AcceptingPolicy(), Config())()
 
     server = asyncio.run(scenario())
     assert list(server._handle_hooks) == ["DATA"]  # aiosmtpd saw the policy's hook
@@ -157,6 +161,65 @@ def test_a_session_binds_its_commands_on_use_and_still_lists_them_all() -> None:
     listed = dict(server._smtp_methods.items())  # HELP's list: every command, bound
     assert {"EHLO", "MAIL", "RCPT", "DATA", "QUIT"} <= set(listed)
     assert all(method.__self__ is server for method in listed.values())
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    """One SMTP reply, all its lines."""
+    lines = [await reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(await reader.readline())
+    return b"".join(lines)
+
+
+def test_a_finished_session_leaves_no_cycles_for_the_collector() -> None:
+    """When a session ends, by QUIT or by the client going away mid-session,
+    reference counting frees its objects at once: none is left in a cycle for
+    the cyclic garbage collector (~45 objects per connection, and ~40 us of an
+    ingress worker's CPU per message under load, when they were)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        factory = make_server_factory(_AcceptingPolicy(), Config())
+        listener = await loop.create_server(factory, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await _reply(reader)).startswith(b"220")
+        for command, code in [
+            (b"EHLO client.test", b"250"),
+            (b"MAIL FROM:<a@sender.test>", b"250"),
+            (b"RCPT TO:<b@rcpt.test>", b"250"),
+            (b"DATA", b"354"),
+            (b"Subject: x\r\n\r\nbody\r\n.", b"250"),
+            (b"QUIT", b"221"),
+        ]:
+            writer.write(command + b"\r\n")
+            assert (await _reply(reader)).startswith(code)
+        assert await reader.read() == b""  # the server closed the connection
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _reply(reader)
+        writer.write(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n")
+        await _reply(reader)
+        await _reply(reader)
+        writer.close()  # gone mid-transaction, without QUIT
+        for _ in range(100):  # until connection_lost has run, and the task after it
+            await asyncio.sleep(0.01)
+            if not GatewaySMTP.sessions:
+                break
+        await asyncio.sleep(0.05)
+        listener.close()
+        await listener.wait_closed()
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept for us to see
+    try:
+        asyncio.run(scenario())
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, GatewaySMTP)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 def test_an_arrival_wakes_one_idle_connection_the_last_idle_first() -> None:
