@@ -146,6 +146,38 @@ def measure(
     return result
 
 
+SINK_ZONE = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
+
+
+def gateway_config(
+    workdir: Path, dns: DnsServer, sink: Sink, ingress_processes: int
+) -> dict[str, dict[str, Any]]:
+    """The gateway relaying into the sink, its MX found through `dns`."""
+    # Postfix has no per-site rate limits; lift the gateway's shipped 100/s
+    # messages and 60/m connections for the sink.
+    rules = workdir / "shaping.toml"
+    rules.write_text(
+        '[domain."sink.bench"]\nmessage_rate = "1000000/s"\nconnection_rate = "1000000/s"\n'
+    )
+    return {
+        "node": {"ingress_processes": ingress_processes},
+        # Nor a per-session command rate: a reused session sends ~400/s here.
+        "smtp": {"command_rate": 1_000_000},
+        "dns": {"nameservers": [dns.address], "port": dns.port},
+        "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
+        "log": {"level": "info"},
+    }
+
+
+def wait_workers(gateway: GatewayProcess, count: int, timeout: float = 30) -> None:
+    """Until the gateway's `count` ingress workers have all started listening."""
+    deadline = time.monotonic() + timeout
+    while len(gateway.events("worker_started")) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the ingress workers did not start")
+        time.sleep(0.1)
+
+
 def run_gateway(
     workdir: Path,
     sink: Sink,
@@ -154,23 +186,9 @@ def run_gateway(
     redis: RedisServer | None = None,
     reuse: bool = False,
 ) -> dict[str, float]:
-    zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
     workdir.mkdir(exist_ok=True)
-    with DnsServer(zone) as dns:
-        # Postfix has no per-site rate limits; lift the gateway's shipped 100/s
-        # messages and 60/m connections for the sink.
-        rules = workdir / "shaping.toml"
-        rules.write_text(
-            '[domain."sink.bench"]\nmessage_rate = "1000000/s"\nconnection_rate = "1000000/s"\n'
-        )
-        config: dict[str, dict[str, Any]] = {
-            "node": {"ingress_processes": args.ingress_processes},
-            # Nor a per-session command rate: a reused session sends ~400/s here.
-            "smtp": {"command_rate": 1_000_000},
-            "dns": {"nameservers": [dns.address], "port": dns.port},
-            "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
-            "log": {"level": "info"},
-        }
+    with DnsServer(SINK_ZONE) as dns:
+        config = gateway_config(workdir, dns, sink, args.ingress_processes)
         if dkim:  # smtp-source writes From: <bench@source.bench>
             key = write_key(workdir / "source.bench.pem", "rsa2048")
             keys = [{"domain": "source.bench", "selector": "b1", "key_file": str(key)}]
@@ -181,12 +199,7 @@ def run_gateway(
         name = "gw+dkim" if dkim else "gw+redis" if redis else "gw reuse" if reuse else "gateway"
         with GatewayProcess(workdir / name, config) as gw:
             gw_admin = gw.admin_port
-            if args.ingress_processes:  # every worker listening before the load starts
-                deadline = time.monotonic() + 30
-                while len(gw.events("worker_started")) < args.ingress_processes:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the ingress workers did not start")
-                    time.sleep(0.1)
+            wait_workers(gw, args.ingress_processes)  # all listening before the load
             result = measure(name, gw.port, sink, args, reuse)
             p50, p99 = accept_latency(gw_admin)
             print(f"{'':<10} accept latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")

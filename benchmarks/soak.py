@@ -24,9 +24,15 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from benchmarks.relay_throughput import RCPT, SENDER, SINK_IP, Sink
+from benchmarks.relay_throughput import (
+    RCPT,
+    SENDER,
+    SINK_IP,
+    SINK_ZONE,
+    Sink,
+    gateway_config,
+)
 from gateway.testing import DnsServer, GatewayProcess, free_port
 from gateway.testing.dkim import write_key
 
@@ -67,26 +73,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = Path(tmp)
         sink = Sink(workdir, free_port(SINK_IP))
-        zone = {"bench": ["sink MX 10 mx.sink", f"mx.sink A {SINK_IP}"]}
-        rules = workdir / "shaping.toml"
-        rules.write_text(
-            '[domain."sink.bench"]\nmessage_rate = "1000000/s"\nconnection_rate = "1000000/s"\n'
-        )
         key = write_key(workdir / "source.bench.pem", "rsa2048")
         try:
-            with DnsServer(zone) as dns:
-                config: dict[str, dict[str, Any]] = {
-                    "node": {"ingress_processes": args.ingress_processes},
-                    # smtp-source opens one session per message a second, all from 127.0.0.1
-                    "smtp": {"max_connections_per_ip": 2000},
-                    "dns": {"nameservers": [dns.address], "port": dns.port},
-                    "delivery": {"port": sink.port, "shaping_files": [str(rules)]},
-                    "dkim": {"keys": [{"domain": "source.bench", "selector": "b1",
-                                       "key_file": str(key)}]},
-                    "log": {"level": "warning"},
-                }  # fmt: skip
+            with DnsServer(SINK_ZONE) as dns:
+                config = gateway_config(workdir, dns, sink, args.ingress_processes)
+                # smtp-source opens one session per message a second, all from 127.0.0.1
+                config["smtp"]["max_connections_per_ip"] = 2000
+                config["dkim"] = {
+                    "keys": [{"domain": "source.bench", "selector": "b1", "key_file": str(key)}]
+                }
+                config["log"] = {"level": "warning"}
                 with GatewayProcess(workdir / "gw", config) as gw:
-                    time.sleep(2)  # the workers start listening
+                    time.sleep(2)  # the workers start listening (info events are not logged)
                     run(gw, sink, args.sessions, seconds)
         finally:
             sink.stop()

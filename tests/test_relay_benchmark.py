@@ -1,7 +1,7 @@
 """The relay benchmark's gateway phases, small: each one relays every message
 smtp-source sends through the gateway into smtp-sink (the sink's count is
 checked), on the embedded store, on Redis and with sessions reused, and the
-summary reports them."""
+summary reports them; and the same-run A/B's round."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import relay_throughput as bench
+from benchmarks import same_run_ab
 from gateway.testing import RedisServer, free_port
 
 
@@ -54,3 +55,17 @@ def test_several_rounds_report_the_median_and_every_round(
     bench.report([phases(1500, 700), phases(1400, 750), phases(1600, 760)])
     out = capsys.readouterr().out
     assert "end to end, median of 3 rounds: 2.11 (2.14, 1.87, 2.11)" in out
+
+
+def test_a_same_run_round_shares_one_load_between_two_gateways() -> None:
+    """Two gateways (here both from this tree) on one port: each receives part
+    of the load, every message is delivered (one_round waits for the sink's
+    count), and each one's CPU per message is read."""
+    tree = Path(__file__).resolve().parents[1]
+    args = argparse.Namespace(
+        messages=200, sessions=4, size=2048, timeout=60, ingress_processes=1, reuse=False
+    )
+    (a_cpu, a_count), (b_cpu, b_count) = same_run_ab.one_round([tree, tree], args, first=1)
+    assert a_count + b_count == 200
+    assert min(a_count, b_count) > 0  # the kernel spread the connections
+    assert min(a_cpu, b_cpu) > 0
