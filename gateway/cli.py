@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         print(
-            f"{path}: OK ({len(keys.signers)} DKIM keys; "
+            f"{path}: OK ({len(keys.signers)} DKIM key{'' if len(keys.signers) == 1 else 's'}; "
             f"plugins: {', '.join(plugins.names) or 'none'})"
         )
         return 0
