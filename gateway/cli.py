@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: configuration error in {path}:", *unbindable, sep="\n", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        count = len(keys.signers)
         print(
-            f"{path}: OK ({len(keys.signers)} DKIM key{'' if len(keys.signers) == 1 else 's'}; "
+            f"{path}: OK ({count} DKIM key{'' if count == 1 else 's'}; "
             f"plugins: {', '.join(plugins.names) or 'none'})"
         )
         return 0

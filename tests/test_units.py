@@ -174,8 +174,7 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
 def test_a_finished_session_leaves_no_cycles_for_the_collector() -> None:
     """When a session ends, by QUIT or by the client going away mid-session,
     reference counting frees its objects at once: none is left in a cycle for
-    the cyclic garbage collector (~45 objects per connection, and ~40 us of an
-    ingress worker's CPU per message under load, when they were)."""
+    the cyclic garbage collector (~45 objects per connection, when they were)."""
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
