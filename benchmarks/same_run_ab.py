@@ -12,9 +12,10 @@ Rounds alternate which starts first; the medians and every round print.
     .venv/bin/python -m benchmarks.same_run_ab TREE_A TREE_B [--rounds 6]
         [--messages 8000] [--ingress-processes 1] [--reuse]
 
-A tree is a checkout of this repository with its Rust extension built
-(`git worktree add /tmp/before HEAD~1 && cp gateway/_core*.so
-/tmp/before/gateway/`). Needs what benchmarks/relay_throughput.py needs;
+A tree is a checkout of this repository with its Rust extension in place:
+`git worktree add /tmp/before HEAD~1 && cp gateway/_core*.so /tmp/before/gateway/`
+when rust/ is the same in both, else build it there (`maturin develop
+--release` in the tree). Needs what benchmarks/relay_throughput.py needs;
 everything listens on loopback and stops at the end.
 """
 
