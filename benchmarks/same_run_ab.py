@@ -14,8 +14,8 @@ Rounds alternate which starts first; the medians and every round print.
 
 A tree is a checkout of this repository with its Rust extension in place:
 `git worktree add /tmp/before HEAD~1 && cp gateway/_core*.so /tmp/before/gateway/`
-when rust/ is the same in both, else build it there (`maturin develop
---release` in the tree). Needs what benchmarks/relay_throughput.py needs;
+when rust/ is the same in both, else `make build` in the tree (its own venv;
+the extension lands in its gateway/). Needs what benchmarks/relay_throughput.py needs;
 everything listens on loopback and stops at the end.
 """
 
