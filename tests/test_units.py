@@ -9,6 +9,7 @@ import gc
 import io
 import json
 import logging
+import ssl
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from gateway.plugin_host import PluginHost
 from gateway.scheduler import RetryScheduler
 from gateway.smtp_server import GatewaySMTP, make_server_factory
 from gateway.spool import Envelope
+from gateway.testing.certs import issue
 from tests.helpers import dsn_fields
 
 
@@ -171,18 +173,16 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
     return b"".join(lines)
 
 
-def test_a_finished_session_leaves_no_cycles_for_the_collector() -> None:
-    """When a session ends, by QUIT or by the client going away mid-session,
-    reference counting frees its objects at once: none is left in a cycle for
-    the cyclic garbage collector (~45 objects per connection, when they were)."""
+def test_a_finished_session_leaves_no_cycles_for_the_collector(tmp_path: Path) -> None:
+    """When a session ends, by QUIT (in clear or after STARTTLS) or by the
+    client going away mid-session, reference counting frees its objects at
+    once: none is left in a cycle for the cyclic garbage collector (~45
+    objects per connection, when they were)."""
+    certificate = issue(tmp_path, ["gateway.test"])
+    client_tls = ssl.create_default_context(cafile=str(certificate.cert))
+    client_tls.check_hostname = False
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        factory = make_server_factory(_AcceptingPolicy(), Config())
-        listener = await loop.create_server(factory, "127.0.0.1", 0)
-        port = listener.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert (await _reply(reader)).startswith(b"220")
+    async def transaction(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for command, code in [
             (b"EHLO client.test", b"250"),
             (b"MAIL FROM:<a@sender.test>", b"250"),
@@ -195,6 +195,24 @@ def test_a_finished_session_leaves_no_cycles_for_the_collector() -> None:
             assert (await _reply(reader)).startswith(code)
         assert await reader.read() == b""  # the server closed the connection
         writer.close()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        factory = make_server_factory(
+            _AcceptingPolicy(), Config(), tls=certificate.server_context()
+        )
+        listener = await loop.create_server(factory, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await _reply(reader)).startswith(b"220")
+        await transaction(reader, writer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _reply(reader)
+        writer.write(b"EHLO client.test\r\nSTARTTLS\r\n")
+        await _reply(reader)
+        assert (await _reply(reader)).startswith(b"220")
+        await writer.start_tls(client_tls)
+        await transaction(reader, writer)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await _reply(reader)
         writer.write(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n")
