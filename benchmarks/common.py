@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def rate(work: Callable[[], object], seconds: float, max_calls: int = 1_000_000) -> float:
@@ -18,6 +19,12 @@ def rate(work: Callable[[], object], seconds: float, max_calls: int = 1_000_000)
         if calls % 8 == 0 and time.perf_counter() >= deadline:
             break
     return calls / (time.perf_counter() - started)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (a gateway: its queue manager and ingress workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(p) for p in children.read_text().split())] if children.exists() else [pid]
 
 
 def newsletter(size: int = 50_000) -> bytes:

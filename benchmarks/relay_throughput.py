@@ -206,10 +206,15 @@ def run_gateway(
             return result | {"p50": p50, "p99": p99}
 
 
+def metrics_text(admin_port: int) -> str:
+    """A gateway's /metrics, as Prometheus would scrape it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        return r.read().decode()  # type: ignore[no-any-return]
+
+
 def accept_latency(admin_port: int) -> tuple[float, float]:
     """p50 and p99 of gateway_accept_seconds, interpolated within its buckets."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+    text = metrics_text(admin_port)
     buckets = sorted(
         (float("inf") if le == "+Inf" else float(le), float(count))
         for le, count in re.findall(r'gateway_accept_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
@@ -394,14 +399,17 @@ def report(rounds: list[dict[str, dict[str, float]]]) -> None:
     """The ratios; over several rounds, the median of each round's ratio (the
     peers of one round ran minutes apart, so they shared the machine's mood)."""
 
+    def each(ours: str, peer: str, key: str, peer_key: str = "") -> list[float]:
+        return [r[ours][key] / r[peer][peer_key or key] for r in rounds]
+
     def ratio(ours: str, peer: str, key: str, peer_key: str = "") -> float:
-        return statistics.median(r[ours][key] / r[peer][peer_key or key] for r in rounds)
+        return statistics.median(each(ours, peer, key, peer_key))
 
     def summary(ours: str, peer: str, key: str) -> str:
         """The median ratio, then every round's: how far the rounds spread."""
-        each = [r[ours][key] / r[peer][key] for r in rounds]
-        spread = "" if len(each) == 1 else " (" + ", ".join(f"{x:.2f}" for x in each) + ")"
-        return f"{statistics.median(each):.2f}{spread}"
+        ratios = each(ours, peer, key)
+        spread = "" if len(ratios) == 1 else " (" + ", ".join(f"{x:.2f}" for x in ratios) + ")"
+        return f"{statistics.median(ratios):.2f}{spread}"
 
     def median(phase: str, key: str) -> float:
         return statistics.median(r[phase][key] for r in rounds)

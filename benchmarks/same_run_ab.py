@@ -25,17 +25,17 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import tempfile
-import urllib.request
 from pathlib import Path
 
+from benchmarks.common import process_tree
 from benchmarks.relay_throughput import (
     SINK_IP,
     SINK_ZONE,
     Sink,
     drive,
     gateway_config,
+    metrics_text,
     wait_delivered,
     wait_workers,
 )
@@ -50,17 +50,12 @@ def process_cpu(pid: int) -> float:
 
 def gateway_cpu(gateway: GatewayProcess) -> float:
     """CPU seconds of a gateway: its queue manager and its ingress workers."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(gateway.pid)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return sum(process_cpu(pid) for pid in [gateway.pid, *map(int, children)])
+    return sum(process_cpu(pid) for pid in process_tree(gateway.pid))
 
 
 def received(gateway: GatewayProcess) -> float:
     """Messages the gateway has received (gateway_messages_received_total)."""
-    url = f"http://127.0.0.1:{gateway.admin_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+    text = metrics_text(gateway.admin_port)
     pattern = r"^gateway_messages_received_total(?:\{[^}]*\})? (\S+)$"
     return sum(float(value) for value in re.findall(pattern, text, re.M))
 

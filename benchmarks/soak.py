@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.common import process_tree
 from benchmarks.relay_throughput import (
     RCPT,
     SENDER,
@@ -43,11 +44,7 @@ WARM_UP_SECONDS = 60.0
 def rss_kib(pid: int) -> int:
     """Resident memory of a process and its children, in KiB."""
     total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
+    for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -198,7 +198,6 @@ class GatewaySMTP(SMTP):
         self._idle_until = 0.0  # the idle timeout's deadline (loop time)
         self._idle_armed = 0.0  # when its timer fires
         self._lost = False  # connection_lost has run
-        self._handler_finished = False  # the session's task has ended
         # Every command passes the rate check first.
         self._smtp_methods = _RateChecked(self, _command_functions(type(self)), self._rate_checked)
 
@@ -236,11 +235,10 @@ class GatewaySMTP(SMTP):
             self._deadline.cancel()
         super().connection_lost(error)
         self._lost = True
-        if self._handler_finished:
-            self._release()
+        if self._handler_coroutine is None or self._handler_coroutine.done():
+            self._release()  # else once the task ends (_handler_done)
 
     def _handler_done(self, _task: object) -> None:
-        self._handler_finished = True
         if self._lost:
             self._release()
 
